@@ -1,0 +1,108 @@
+"""Cost accounting: what a run trains, stores and costs (pure functions).
+
+Counting rules (stated wherever numbers are shown):
+- ``total``: every element of every ``nn.Parameter`` (BN affine included).
+- ``masked``: parameter elements removed by a pruning mask (fixed at zero).
+- ``frozen``: elements that are kept but never trained (``requires_grad=False`` parameters,
+  entries outside a freezing mask) plus fixed non-parameter weights a module declares through
+  ``drt_frozen_numel()`` (e.g. a PCN layer's basis V and mean μ). BN running statistics are not
+  weights and are not counted.
+- ``trainable``: the trained dimension d = total − masked − (frozen parameters).
+- ``stored``: numbers needed to store the model = total − masked + declared frozen buffers.
+FLOPs come from ``torch.utils.flop_counter`` (a multiply-add counts 2), forward, per sample.
+"""
+
+from __future__ import annotations
+
+import resource
+import sys
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+
+def param_counts(
+    model: nn.Module,
+    masks: Mapping[str, torch.Tensor] | None = None,
+    trained: Mapping[str, torch.Tensor] | None = None,
+) -> dict[str, int]:
+    """Total / trainable / frozen / masked / stored counts (see module docstring).
+
+    ``masks``: name -> bool (True = kept); ``trained``: name -> bool (True = trained, rest frozen).
+    """
+    masks, trained = masks or {}, trained or {}
+    total = masked = frozen = 0
+    for name, p in model.named_parameters():
+        n = p.numel()
+        total += n
+        kept = int(masks[name].sum()) if name in masks else n
+        masked += n - kept
+        if not p.requires_grad:
+            frozen += kept
+        elif name in trained:
+            keep = masks[name] if name in masks else torch.ones_like(trained[name])
+            frozen += int((keep & ~trained[name].bool()).sum())
+    extra = sum(int(m.drt_frozen_numel()) for m in model.modules() if hasattr(m, "drt_frozen_numel"))
+    return {
+        "total": total,
+        "trainable": total - masked - frozen,
+        "frozen": frozen + extra,
+        "masked": masked,
+        "stored": total - masked + extra,
+    }
+
+
+def _count(model: nn.Module, input_shape: tuple[int, ...], device: torch.device | str) -> FlopCounterMode:
+    was_training = model.training
+    model.eval()
+    x = torch.zeros((1, *input_shape), device=device, dtype=next(model.parameters()).dtype)
+    counter = FlopCounterMode(display=False)
+    try:
+        with torch.no_grad(), counter:
+            model(x)
+    finally:
+        model.train(was_training)
+    return counter
+
+
+def forward_flops(model: nn.Module, input_shape: tuple[int, ...], device: torch.device | str = "cpu") -> int:
+    """Dense-equivalent forward FLOPs of one sample, counted by PyTorch's flop counter."""
+    return int(_count(model, input_shape, device).get_total_flops())
+
+
+def layer_flops(model: nn.Module, input_shape: tuple[int, ...], device: torch.device | str = "cpu") -> dict[str, int]:
+    """Forward FLOPs of one sample per leaf module (qualified name) that does any."""
+    counts = _count(model, input_shape, device).get_flop_counts()
+    root = type(model).__name__
+    out = {}
+    for name, m in model.named_modules():
+        key = f"{root}.{name}" if name else root
+        if name and not list(m.children()) and key in counts:
+            out[name] = int(sum(counts[key].values()))
+    return out
+
+
+def effective_flops(
+    model: nn.Module, input_shape: tuple[int, ...], masks: Mapping[str, torch.Tensor] | None = None,
+    device: torch.device | str = "cpu",
+) -> int:
+    """Forward FLOPs with each masked layer's FLOPs weighted by its weight density."""
+    total = forward_flops(model, input_shape, device)
+    if not masks:
+        return total
+    saved = 0.0
+    for name, f in layer_flops(model, input_shape, device).items():
+        mask = masks.get(f"{name}.weight")
+        if mask is not None:
+            saved += f * (1.0 - float(mask.float().mean()))
+    return int(round(total - saved))
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak memory: CUDA allocator peak on GPU, else this process's peak resident set size."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 2**20 if sys.platform == "darwin" else rss / 2**10

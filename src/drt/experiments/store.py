@@ -1,0 +1,125 @@
+"""The results store: one SQLite file per results directory, safe for concurrent writers.
+
+A run is keyed by its config hash. Status is ``running`` while it trains, ``done`` only after
+its final metrics are written in the same transaction, ``failed`` with the error otherwise;
+a run killed mid-way stays ``running`` with a stale heartbeat and is never counted as done.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    id TEXT PRIMARY KEY, label TEXT, status TEXT NOT NULL, model TEXT, dataset TEXT, method TEXT,
+    seed INTEGER, config TEXT NOT NULL, env TEXT, metrics TEXT, error TEXT,
+    created REAL, updated REAL
+);
+CREATE TABLE IF NOT EXISTS epochs (
+    run_id TEXT NOT NULL, epoch INTEGER NOT NULL, metrics TEXT NOT NULL, PRIMARY KEY (run_id, epoch)
+);
+"""
+
+
+class Store:
+    """Runs and their per-epoch metrics in ``<results>/drt.sqlite`` (WAL mode)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._conn() as c:
+            c.execute("PRAGMA journal_mode=WAL")
+            c.executescript(SCHEMA)
+
+    @contextmanager
+    def _conn(self) -> Iterator[sqlite3.Connection]:
+        conn = sqlite3.connect(self.path, timeout=60)
+        conn.row_factory = sqlite3.Row
+        try:
+            with conn:  # one transaction: committed on success, rolled back on error
+                yield conn
+        finally:
+            conn.close()
+
+    def status(self, run_id: str) -> str | None:
+        with self._conn() as c:
+            row = c.execute("SELECT status FROM runs WHERE id=?", (run_id,)).fetchone()
+        return row["status"] if row else None
+
+    def start(self, run_id: str, label: str, config: dict[str, Any], env: dict[str, Any]) -> None:
+        now = time.time()
+        with self._conn() as c:
+            c.execute("DELETE FROM epochs WHERE run_id=?", (run_id,))
+            c.execute(
+                "INSERT OR REPLACE INTO runs (id, label, status, model, dataset, method, seed, config, env,"
+                " metrics, error, created, updated) VALUES (?,?,?,?,?,?,?,?,?,NULL,NULL,?,?)",
+                (run_id, label, "running", config["model"]["model"], config["data"]["dataset"], config["method"],
+                 config["train"]["seed"], json.dumps(config), json.dumps(env), now, now))
+
+    def add_epoch(self, run_id: str, metrics: dict[str, Any]) -> None:
+        with self._conn() as c:
+            c.execute("INSERT OR REPLACE INTO epochs VALUES (?,?,?)", (run_id, metrics["epoch"], json.dumps(metrics)))
+            c.execute("UPDATE runs SET updated=? WHERE id=?", (time.time(), run_id))
+
+    def finish(self, run_id: str, metrics: dict[str, Any]) -> None:
+        with self._conn() as c:
+            c.execute("UPDATE runs SET status='done', metrics=?, error=NULL, updated=? WHERE id=?",
+                      (json.dumps(metrics), time.time(), run_id))
+
+    def fail(self, run_id: str, error: str) -> None:
+        with self._conn() as c:
+            c.execute("UPDATE runs SET status='failed', error=?, updated=? WHERE id=?", (error, time.time(), run_id))
+
+    def runs(self, status: str | None = None) -> list[dict[str, Any]]:
+        """All runs (optionally of one status), oldest first, JSON columns decoded."""
+        query, args = "SELECT * FROM runs", ()
+        if status:
+            query, args = query + " WHERE status=?", (status,)
+        with self._conn() as c:
+            rows = c.execute(query + " ORDER BY created", args).fetchall()
+        out = []
+        for r in rows:
+            d = dict(r)
+            for k in ("config", "env", "metrics"):
+                d[k] = json.loads(d[k]) if d[k] else None
+            out.append(d)
+        return out
+
+    def run(self, run_id: str) -> dict[str, Any] | None:
+        return next((r for r in self.runs() if r["id"] == run_id), None)
+
+    def epochs(self, run_id: str) -> list[dict[str, Any]]:
+        with self._conn() as c:
+            rows = c.execute("SELECT metrics FROM epochs WHERE run_id=? ORDER BY epoch", (run_id,)).fetchall()
+        return [json.loads(r["metrics"]) for r in rows]
+
+
+def flat_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One flat dict per run (identity columns + final metrics) for tables and CSV."""
+    rows = []
+    for r in runs:
+        row = {k: r[k] for k in ("id", "status", "model", "dataset", "method", "seed")}
+        row.update(r["metrics"] or {})
+        if r["error"]:
+            row["error"] = r["error"]
+        rows.append(row)
+    return rows
+
+
+def to_csv(rows: list[dict[str, Any]]) -> str:
+    keys: list[str] = []
+    for r in rows:
+        keys += [k for k in r if k not in keys]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=keys)
+    w.writeheader()
+    w.writerows(rows)
+    return buf.getvalue()

@@ -1,0 +1,36 @@
+"""Atomic checkpoints that load without executing code (``weights_only=True``)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from drt.errors import DrtError
+
+
+def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
+    """Write ``payload`` to ``path`` atomically: a crash never leaves a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a checkpoint; a missing, truncated or corrupted file is a one-line ``DrtError``."""
+    path = Path(path)
+    if not path.is_file():
+        raise DrtError(f"no checkpoint at {path}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for damaged files
+        reason = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
+        raise DrtError(f"checkpoint {path} is corrupted or truncated ({reason}); "
+                       "delete it or run without --resume") from None
+    if not isinstance(payload, dict) or "model" not in payload or "epoch" not in payload:
+        raise DrtError(f"checkpoint {path} is not a drt checkpoint (missing model/epoch)")
+    return payload

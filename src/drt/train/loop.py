@@ -1,0 +1,200 @@
+"""The one training loop. Methods plug in through hooks; this file must not grow per-method ifs."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from drt.analysis.cost import effective_flops, forward_flops, param_counts, peak_memory_mb
+from drt.data import Dataset, TensorLoader
+from drt.errors import DrtError
+from drt.methods.base import Method, TrainState
+from drt.train.checkpoint import load_checkpoint, save_checkpoint
+from drt.train.config import TrainConfig, lr_at
+
+
+@dataclass
+class TrainResult:
+    model: nn.Module
+    history: list[dict[str, Any]]
+    final: dict[str, Any]
+
+
+def build_optimizer(cfg: TrainConfig, model: nn.Module, method: Method) -> torch.optim.Optimizer:
+    """The optimizer over the method's parameter groups (frozen tensors are left out)."""
+    groups = [g for g in method.param_groups(model, cfg.weight_decay) if g["params"]]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=cfg.lr)
+    return torch.optim.AdamW(groups, lr=cfg.lr)
+
+
+def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
+    if not enabled:
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if device.type == "cpu" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int, device: torch.device,
+             amp: bool = False) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy) of ``model`` on a held-out split, in eval mode."""
+    was_training = model.training
+    model.eval()
+    loss_sum, correct = 0.0, 0
+    for i in range(0, len(x), batch_size):
+        xb, yb = x[i:i + batch_size].to(device), y[i:i + batch_size].to(device)
+        with autocast(device, amp):
+            out = model(xb)
+        loss_sum += float(F.cross_entropy(out.float(), yb, reduction="sum"))
+        correct += int((out.argmax(1) == yb).sum())
+    model.train(was_training)
+    return loss_sum / len(x), correct / len(x)
+
+
+def train(
+    model: nn.Module,
+    data: Dataset,
+    cfg: TrainConfig,
+    method: Method,
+    regularisers: Sequence[Method] = (),
+    *,
+    device: torch.device,
+    augment: str = "none",
+    checkpoint: str | Path | None = None,
+    resume: bool = False,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    progress: bool = False,
+) -> TrainResult:
+    """Train ``model`` on ``data`` for ``cfg.epochs`` epochs, calling the plug-ins' hooks.
+
+    Checkpoints after every epoch (atomically) to ``checkpoint``; with ``resume`` continues
+    from it to the same result as an uninterrupted run. Raises ``DrtError`` on a NaN/Inf loss
+    (the last good checkpoint is kept).
+    """
+    plugins = [method, *regularisers]
+    model = model.to(device)
+    loader = TensorLoader(data.x_train, data.y_train, cfg.batch_size, shuffle=True, augment=augment,
+                          seed=cfg.seed, device=device)
+    score_loader = TensorLoader(data.x_train, data.y_train, cfg.batch_size, shuffle=True, seed=cfg.seed + 1,
+                                device=device)
+    state = TrainState(model=model, optimizer=None, loss_fn=F.cross_entropy, device=device,
+                       input_shape=tuple(data.input_shape), num_classes=data.num_classes, epochs=cfg.epochs,
+                       steps_per_epoch=len(loader), seed=cfg.seed, batches=lambda: iter(score_loader))
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp and device.type == "cuda")
+    history: list[dict[str, Any]] = []
+    ckpt = Path(checkpoint) if checkpoint else None
+    if resume and ckpt is not None and ckpt.exists():
+        payload = load_checkpoint(ckpt)
+        for p, s in zip(plugins, payload["plugins"], strict=True):
+            state.model = p.load_state_dict(s, state.model).to(device)
+        state.model.load_state_dict(payload["model"])
+        state.optimizer = build_optimizer(cfg, state.model, method)
+        state.optimizer.load_state_dict(payload["optimizer"])
+        scaler.load_state_dict(payload["scaler"])
+        torch.set_rng_state(payload["rng"])
+        state.epoch, state.step, history = payload["epoch"], payload["step"], list(payload["history"])
+    else:
+        for p in plugins:
+            state.model = (p.setup(state) or state.model).to(device)
+        state.optimizer = build_optimizer(cfg, state.model, method)
+    for p in plugins:
+        p.attach(state)
+
+    while state.epoch < cfg.epochs:
+        epoch = state.epoch
+        state.model.train()
+        state.log = {}
+        loader.set_epoch(epoch)
+        loss_sum, correct, seen = torch.zeros((), device=device), torch.zeros((), device=device), 0
+        t0 = time.perf_counter()
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=not progress)
+        for i, (x, y) in enumerate(bar):
+            lr = lr_at(cfg, epoch + i / len(loader), 1 / len(loader))
+            for g in state.optimizer.param_groups:
+                g["lr"] = lr
+            state.x, state.y = x, y
+            with autocast(device, cfg.amp):
+                out = state.model(x)
+                loss = state.loss_fn(out.float(), y)
+            total = loss
+            for p in plugins:
+                extra = p.extra_loss(state, out)
+                if extra is not None:
+                    total = total + extra.to(total.dtype)
+            if not torch.isfinite(total):
+                kept = f"; last good checkpoint kept at {ckpt}" if ckpt and ckpt.exists() else ""
+                raise DrtError(f"loss became {float(total.detach())} at epoch {epoch + 1}, step {i + 1} "
+                               f"(lr {lr:.3g}){kept}")
+            state.optimizer.zero_grad(set_to_none=True)
+            scaler.scale(total).backward()
+            if scaler.is_enabled():
+                scaler.unscale_(state.optimizer)
+            for p in plugins:
+                p.after_backward(state)
+            scaler.step(state.optimizer)
+            scaler.update()
+            state.step += 1
+            for p in plugins:
+                p.after_step(state)
+            loss_sum += loss.detach() * len(y)
+            correct += (out.argmax(1) == y).sum()
+            seen += len(y)
+        train_time = time.perf_counter() - t0
+        entry: dict[str, Any] = {"epoch": epoch + 1, "lr": lr, "train_loss": float(loss_sum) / seen,
+                                 "train_acc": float(correct) / seen, "train_time": train_time,
+                                 "step_time": train_time / len(loader), "images_per_s": seen / train_time}
+        entry["test_loss"], entry["test_acc"] = evaluate(state.model, data.x_test, data.y_test,
+                                                         cfg.eval_batch_size, device, cfg.amp)
+        if data.x_val is not None:
+            entry["val_loss"], entry["val_acc"] = evaluate(state.model, data.x_val, data.y_val,
+                                                           cfg.eval_batch_size, device, cfg.amp)
+        state.epoch += 1
+        for p in plugins:
+            new = p.epoch_end(state)
+            if new is not None:
+                state.model = new.to(device)
+                state.optimizer = build_optimizer(cfg, state.model, method)
+                for q in plugins:
+                    q.attach(state)
+        entry.update(state.log)
+        history.append(entry)
+        if ckpt is not None:
+            save_checkpoint(ckpt, {
+                "model": state.model.state_dict(), "optimizer": state.optimizer.state_dict(),
+                "scaler": scaler.state_dict(), "plugins": [p.state_dict() for p in plugins],
+                "rng": torch.get_rng_state(), "epoch": state.epoch, "step": state.step, "history": history,
+            })
+        if on_epoch is not None:
+            on_epoch(entry)
+    return TrainResult(state.model, history, final_metrics(state, method, history, device))
+
+
+def final_metrics(state: TrainState, method: Method, history: list[dict[str, Any]],
+                  device: torch.device) -> dict[str, Any]:
+    """Final-epoch accuracy plus the cost accounting of the trained model."""
+    last = history[-1]
+    masks = method.masks()
+    counts = param_counts(state.model, masks, method.frozen_masks())
+    out = {k: last[k] for k in ("test_acc", "test_loss", "train_loss", "train_acc", "val_acc") if k in last}
+    out.update({f"params_{k}": v for k, v in counts.items()})
+    out["flops"] = forward_flops(state.model, state.input_shape, device)
+    out["flops_effective"] = effective_flops(state.model, state.input_shape, masks, device)
+    steady = history[1:] or history  # the first epoch includes warm-up
+    out["step_time"] = sum(h["step_time"] for h in steady) / len(steady)
+    out["images_per_s"] = sum(h["images_per_s"] for h in steady) / len(steady)
+    out["train_time"] = sum(h["train_time"] for h in history)
+    out["peak_memory_mb"] = peak_memory_mb(device)
+    out.update(method.summary(state))
+    return out
