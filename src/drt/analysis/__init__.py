@@ -1,0 +1,1 @@
+"""Pure analysis maths: activation statistics and PCA, CKA analysis, cost accounting."""
