@@ -1,0 +1,32 @@
+"""Shared helpers for benchmark scripts: where results go and how they are written."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from drt.experiments.env import environment
+
+ROOT = Path(__file__).resolve().parent
+RESULTS = ROOT / "results"
+SHARED_DATA = ROOT.parents[1] / "shared" / "data"
+
+
+def data_root() -> Path:
+    """The data root: $DRT_DATA_DIR, else ../shared/data beside the checkout."""
+    return Path(os.environ.get("DRT_DATA_DIR", SHARED_DATA))
+
+
+def write_result(name: str, rows: list[dict[str, Any]], command: str, **extra: Any) -> Path:
+    """Write ``benchmarks/results/<name>.json`` with the rows, environment and command."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / f"{name}.json"
+    payload = {"benchmark": name, "command": command, "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+               "env": environment(torch.device("cpu")), **extra, "rows": rows}
+    out.write_text(json.dumps(payload, indent=2))
+    return out
