@@ -1,0 +1,194 @@
+"""Dynamic sparse training: one drop/grow update (SET, RigL = SET with a gradient grow score, GraNet).
+
+Every function is deterministic given its inputs and an explicit ``generator`` (identical on all
+ranks if gradients were all-reduced first). Pitfalls (spec "sparse-and-frozen"): newly grown
+weights and their optimizer state start at zero (3); RigL grows by the *dense* gradient, so take
+``grad_magnitude`` before ``MaskSet.mask_grads_`` (5); each method's own schedule (6).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from drt.errors import DrtError
+from drt.sparse.distributions import global_topk
+from drt.sparse.masks import MaskSet, zero_state_
+
+DROPS = ("magnitude", "set")
+
+
+@dataclass
+class DropGrowInfo:
+    """Per-layer counts of one update: dropped, grown, and grown weights that were inactive before."""
+
+    dropped: dict[str, int] = field(default_factory=dict)
+    grown: dict[str, int] = field(default_factory=dict)
+    new: dict[str, int] = field(default_factory=dict)
+
+
+def grad_magnitude(weights: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """RigL grow score |dL/dtheta| from ``.grad`` (must be the dense gradient: before masking grads)."""
+    missing = [n for n, p in weights.items() if p.grad is None]
+    if missing:
+        raise DrtError(f"gradient grow scores need .grad after backward; missing for {', '.join(missing)}")
+    return {n: p.grad.detach().abs() for n, p in weights.items()}
+
+
+def _ranked(score: Tensor, candidates: Tensor, k: int, descending: bool, tiebreak: Tensor | None) -> Tensor:
+    """Flat bool mask of the k best ``candidates`` by ``score``; ties by ``tiebreak`` order, else index."""
+    flat = score.detach().reshape(-1).double().cpu()
+    cand = candidates.reshape(-1).cpu()
+    fill = float("inf") if not descending else float("-inf")
+    flat = flat.masked_fill(~cand, fill)
+    perm = tiebreak if tiebreak is not None else torch.arange(flat.numel())
+    order = perm[torch.sort(flat[perm], descending=descending, stable=True).indices]
+    out = torch.zeros(flat.numel(), dtype=torch.bool)
+    out[order[:k]] = True
+    return out & cand
+
+
+def _drop_set(w: Tensor, active: Tensor, fraction: float) -> tuple[Tensor, int]:
+    """SET drop: floor(f * n) smallest of the non-negative and floor(f * n) largest of the negative
+    active weights (those closest to zero; exact zeros count as non-negative)."""
+    pos, neg = active & (w >= 0), active & (w < 0)
+    k_pos, k_neg = math.floor(fraction * int(pos.sum())), math.floor(fraction * int(neg.sum()))
+    drop = _ranked(w, pos, k_pos, False, None) | _ranked(w, neg, k_neg, True, None)
+    return drop, k_pos + k_neg
+
+
+@torch.no_grad()
+def drop_grow_(
+    weights: Mapping[str, Tensor],
+    masks: MaskSet,
+    drop_fraction: float,
+    grow_scores: Mapping[str, Tensor] | None,
+    generator: torch.Generator,
+    optimizer: torch.optim.Optimizer | None = None,
+    *,
+    drop: str = "magnitude",
+    rounding: str = "floor",
+) -> DropGrowInfo:
+    """Per layer drop k active weights, then grow k among those inactive after the drop; in place.
+
+    ``drop="magnitude"`` (RigL, GraNet): k = floor (``rounding="ceil"``: GraNet) of
+    ``drop_fraction * n_active`` smallest |theta|, ties to the lower index. ``drop="set"`` (SET):
+    see ``_drop_set``. Grow: largest ``grow_scores`` (|dense grad| for RigL; ``None`` = uniform
+    random from ``generator``, SET), ties broken by a random permutation from ``generator``.
+    Mutates ``weights``, ``masks`` and ``optimizer`` state: connections inactive before start at 0
+    with zero state, dropped ones are zeroed, dropped-and-regrown ones keep value and state.
+    Per-layer active counts are unchanged. Evci et al. 2020; Mocanu et al. 2018; Liu et al. 2021.
+    """
+    if not 0.0 <= drop_fraction <= 1.0:
+        raise DrtError(f"drop fraction must be in [0, 1], got {drop_fraction}")
+    if drop not in DROPS:
+        raise DrtError(f"unknown drop rule {drop!r}; valid: {', '.join(DROPS)}")
+    if rounding not in ("floor", "ceil"):
+        raise DrtError(f"unknown rounding {rounding!r}; valid: floor, ceil")
+    missing = [n for n in masks if n not in weights]
+    if missing:
+        raise DrtError(f"masked tensors without weights: {', '.join(missing)}")
+    info = DropGrowInfo()
+    for name, old in masks.items():
+        w = weights[name]
+        flat_w = w.detach().reshape(-1).cpu()
+        active = old.reshape(-1).cpu()
+        n_active = int(active.sum())
+        if drop == "set":
+            dropped, k = _drop_set(flat_w, active, drop_fraction)
+        else:
+            raw = drop_fraction * n_active
+            k = math.floor(raw) if rounding == "floor" else math.ceil(raw)
+            dropped = _ranked(flat_w.abs(), active, k, False, None)
+        after = active & ~dropped
+        if grow_scores is None:
+            gs = torch.rand(flat_w.numel(), generator=generator, device=generator.device).cpu()
+        else:
+            gs = grow_scores[name].reshape(-1)
+        tiebreak = torch.randperm(flat_w.numel(), generator=generator, device=generator.device).cpu()
+        grown = _ranked(gs, ~after, k, True, tiebreak)
+        new_mask = after | grown
+        fresh = grown & ~active
+        reset = (fresh | ~new_mask).reshape(w.shape).to(w.device)
+        w.masked_fill_(reset, 0)
+        if optimizer is not None:
+            zero_state_(optimizer, w, reset)
+        masks[name] = new_mask.reshape(old.shape).to(old.device)
+        info.dropped[name], info.grown[name], info.new[name] = k, int(grown.sum()), int(fresh.sum())
+    return info
+
+
+def rigl_drop_fraction(step: int, alpha: float = 0.3, *, t_end: int) -> float:
+    """RigL's alpha_t = alpha/2 * (1 + cos(pi t / T_end)) for t < T_end, 0 after (Evci et al. 2020)."""
+    if not 0.0 < alpha <= 1.0 or t_end <= 0 or step < 0:
+        raise DrtError(f"need 0 < alpha <= 1, t_end > 0, step >= 0; got alpha={alpha}, t_end={t_end}, "
+                       f"step={step}")
+    return 0.0 if step >= t_end else alpha / 2 * (1 + math.cos(math.pi * step / t_end))
+
+
+def cosine_drop_fraction(step: int, rate: float = 0.5, *, t_total: int, floor: float = 0.005) -> float:
+    """SNFS/ITOP/GraNet death rate: cosine from ``rate`` to ``floor`` over all ``t_total`` steps."""
+    if not 0.0 < rate <= 1.0 or t_total <= 0 or step < 0:
+        raise DrtError(f"need 0 < rate <= 1, t_total > 0, step >= 0; got rate={rate}, t_total={t_total}")
+    t = min(step, t_total)
+    return floor + (rate - floor) / 2 * (1 + math.cos(math.pi * t / t_total))
+
+
+def granet_sparsity(step: int, s_i: float, s_f: float, t0: int, t_f: int) -> float:
+    """GraNet's cubic schedule s_t = s_f + (s_i - s_f)(1 - (t - t0)/(t_f - t0))^3, clamped to [t0, t_f]."""
+    if t_f <= t0 or not 0.0 <= s_i <= s_f < 1.0:
+        raise DrtError(f"need t_f > t0 and 0 <= s_i <= s_f < 1; got t0={t0}, t_f={t_f}, s_i={s_i}, s_f={s_f}")
+    frac = min(max((step - t0) / (t_f - t0), 0.0), 1.0)
+    return s_f + (s_i - s_f) * (1.0 - frac) ** 3
+
+
+@torch.no_grad()
+def granet_prune_(weights: Mapping[str, Tensor], masks: MaskSet, sparsity: float,
+                  optimizer: torch.optim.Optimizer | None = None, guard: bool = True) -> dict[str, int]:
+    """Global magnitude pruning of the active weights down to ``sparsity`` (never grows); in place.
+
+    Zeroes pruned weights and their optimizer state; returns pruned counts per layer. A no-op if
+    the masks are already at least that sparse. Follow with ``drop_grow_(..., rounding="ceil")``.
+    """
+    if masks.sparsity() >= sparsity:
+        return dict.fromkeys(masks, 0)
+    scores = {n: weights[n].detach().abs().masked_fill(~masks[n].to(weights[n].device), float("-inf"))
+              for n in masks}
+    keep, _ = global_topk(scores, sparsity, guard=guard)
+    pruned = {}
+    for n, old in masks.items():
+        new = keep[n].to(old.device) & old
+        reset = (~new).to(weights[n].device)
+        weights[n].masked_fill_(reset, 0)
+        if optimizer is not None:
+            zero_state_(optimizer, weights[n], reset)
+        pruned[n] = int(old.sum()) - int(new.sum())
+        masks[n] = new
+    return pruned
+
+
+class ExplorationTracker:
+    """Fraction of masked weights ever active (ITOP's exploration rate; Liu et al. 2021)."""
+
+    def __init__(self, masks: MaskSet) -> None:
+        self.ever = {n: m.detach().cpu().clone() for n, m in masks.items()}
+
+    def update(self, masks: MaskSet) -> None:
+        """Add the currently active weights (call after each drop/grow)."""
+        for n, m in masks.items():
+            self.ever[n] |= m.detach().cpu()
+
+    def rate(self, name: str | None = None) -> float:
+        """Ever-active fraction for one tensor or overall."""
+        tensors = [self.ever[name]] if name else list(self.ever.values())
+        return sum(int(t.sum()) for t in tensors) / max(sum(t.numel() for t in tensors), 1)
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return {n: t.clone() for n, t in self.ever.items()}
+
+    def load_state_dict(self, state: Mapping[str, Tensor]) -> None:
+        self.ever = {n: state[n].bool().cpu().clone() for n in self.ever}
