@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -45,6 +46,7 @@ class TrainState:
     steps_per_epoch: int
     seed: int
     batches: Callable[[], Iterator[tuple[torch.Tensor, torch.Tensor]]] | None = None
+    run_dir: Path | None = None  # where a method may keep artefacts (e.g. each IMP round's mask)
     epoch: int = 0
     step: int = 0  # global optimizer steps taken
     x: torch.Tensor | None = None  # the current batch (inputs, targets) during a step
@@ -84,6 +86,15 @@ class Method:
     def epoch_end(self, state: TrainState) -> nn.Module | None:
         """After each epoch's training. Returning a new model makes the loop rebuild the
         optimizer for it (the LR schedule continues at absolute epochs)."""
+
+    # --- schedule -------------------------------------------------------------------------
+    def total_epochs(self, epochs: int) -> int:
+        """Epochs the loop runs for a configured ``epochs`` (IMP: one schedule per round)."""
+        return epochs
+
+    def schedule_position(self, t: float, epochs: int) -> tuple[float, int]:
+        """(position, length) in epochs of the LR schedule at absolute epoch ``t``."""
+        return t, epochs
 
     # --- optimizer, accounting and checkpoints --------------------------------------------
     def param_groups(self, model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:

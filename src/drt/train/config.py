@@ -39,16 +39,17 @@ class TrainConfig:
             raise DrtError(f"warmup_epochs must be in [0, epochs={self.epochs}], got {self.warmup_epochs}")
 
 
-def lr_at(cfg: TrainConfig, t: float, step_len: float) -> float:
+def lr_at(cfg: TrainConfig, t: float, step_len: float, length: int | None = None) -> float:
     """Learning rate for the step starting at ``t`` epochs (``step_len`` epochs long).
 
     A pure function of absolute epochs, so a rebuilt optimizer (after a PCN transform)
-    or a resumed run continues the same schedule.
+    or a resumed run continues the same schedule. ``length`` defaults to ``cfg.epochs``.
     """
+    length = length or cfg.epochs
     if cfg.schedule == "cosine":
-        lr = cfg.lr * 0.5 * (1 + math.cos(math.pi * min(t / cfg.epochs, 1.0)))
+        lr = cfg.lr * 0.5 * (1 + math.cos(math.pi * min(t / length, 1.0)))
     elif cfg.schedule == "multistep":
-        stones = cfg.milestones if cfg.milestones is not None else (0.5 * cfg.epochs, 0.75 * cfg.epochs)
+        stones = cfg.milestones if cfg.milestones is not None else (0.5 * length, 0.75 * length)
         lr = cfg.lr * cfg.gamma ** sum(t >= m - 1e-9 for m in stones)
     else:
         lr = cfg.lr

@@ -91,7 +91,9 @@ def train(
                                 device=device)
     state = TrainState(model=model, optimizer=None, loss_fn=F.cross_entropy, device=device,
                        input_shape=tuple(data.input_shape), num_classes=data.num_classes, epochs=cfg.epochs,
-                       steps_per_epoch=len(loader), seed=cfg.seed, batches=lambda: iter(score_loader))
+                       steps_per_epoch=len(loader), seed=cfg.seed, batches=lambda: iter(score_loader),
+                       run_dir=Path(checkpoint).parent if checkpoint else None)
+    total_epochs = method.total_epochs(cfg.epochs)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp and device.type == "cuda")
     history: list[dict[str, Any]] = []
     ckpt = Path(checkpoint) if checkpoint else None
@@ -112,16 +114,17 @@ def train(
     for p in plugins:
         p.attach(state)
 
-    while state.epoch < cfg.epochs:
+    while state.epoch < total_epochs:
         epoch = state.epoch
         state.model.train()
         state.log = {}
         loader.set_epoch(epoch)
         loss_sum, correct, seen = torch.zeros((), device=device), torch.zeros((), device=device), 0
         t0 = time.perf_counter()
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=not progress)
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{total_epochs}", leave=False, disable=not progress)
         for i, (x, y) in enumerate(bar):
-            lr = lr_at(cfg, epoch + i / len(loader), 1 / len(loader))
+            t, length = method.schedule_position(epoch + i / len(loader), cfg.epochs)
+            lr = lr_at(cfg, t, 1 / len(loader), length)
             for g in state.optimizer.param_groups:
                 g["lr"] = lr
             state.x, state.y = x, y

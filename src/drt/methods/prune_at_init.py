@@ -1,0 +1,135 @@
+"""Pruning at initialisation: one mask chosen before training, fixed afterwards (survey §PaI).
+
+random / magnitude / SNIP / GraSP score once; SynFlow, Iter-SNIP and FORCE prune iteratively
+with an exponential schedule. Scores are pure functions in ``drt.sparse.scores``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from drt.errors import DrtError
+from drt.methods.base import METHODS, TrainState
+from drt.methods.sparse_base import SparseMethod, SparseOptions, class_balanced_batch, score_batches
+from drt.options import opt
+from drt.sparse import (
+    MaskSet,
+    force,
+    grasp_scores,
+    iterative_snip,
+    magnitude_scores,
+    masks_from_scores,
+    prunable,
+    random_scores,
+    snip_scores,
+    synflow_prune,
+)
+
+
+@dataclass(frozen=True)
+class ScoredOptions(SparseOptions):
+    score_batches: int = opt(1, "training batches used to compute data-driven scores")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.score_batches < 1:
+            raise DrtError(f"score_batches must be >= 1, got {self.score_batches}")
+
+
+@dataclass(frozen=True)
+class GraspOptions(SparseOptions):
+    grasp_temperature: float = opt(200.0, "GraSP logit temperature T")
+    grasp_per_class: int = opt(10, "GraSP samples per class")
+
+
+@dataclass(frozen=True)
+class IterativeOptions(ScoredOptions):
+    prune_rounds: int | None = opt(None, "iterative pruning rounds (SynFlow 100, Iter-SNIP/FORCE 60)")
+
+
+class OneShot(SparseMethod):
+    """Score once, then keep the top scores at the chosen distribution."""
+
+    def scores(self, state: TrainState, names: list[str]) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def choose(self, state: TrainState) -> tuple[MaskSet, dict[str, Any]]:
+        o = self.options
+        scores = self.scores(state, list(prunable(state.model)))
+        return masks_from_scores(scores, o.sparsity, self.distribution, dense_first=o.dense_first,
+                                 dense_last=o.dense_last, guard=o.guard)
+
+
+@METHODS.register("random", help="random mask at the layer densities (default ERK), exact counts")
+class RandomPrune(OneShot):
+    default_distribution = "erk"
+
+    def scores(self, state, names):
+        g = torch.Generator().manual_seed(state.seed + 17)
+        return random_scores({n: p.detach().cpu() for n, p in prunable(state.model).items()}, g)
+
+
+@METHODS.register("magnitude", help="keep the largest |θ₀| (global)")
+class MagnitudePrune(OneShot):
+    def scores(self, state, names):
+        return magnitude_scores(prunable(state.model))
+
+
+@METHODS.register("snip", help="SNIP: keep the largest |g ⊙ θ| on a batch (Lee et al. 2019)")
+class SNIP(OneShot):
+    Options = ScoredOptions
+
+    def scores(self, state, names):
+        return snip_scores(state.model, state.loss_fn, score_batches(state, self.options.score_batches), names)
+
+
+@METHODS.register("grasp", help="GraSP: remove the largest -θ ⊙ Hg, T = 200 (Wang et al. 2020)")
+class GraSP(OneShot):
+    Options = GraspOptions
+
+    def scores(self, state, names):
+        batch = class_balanced_batch(state, self.options.grasp_per_class)
+        return grasp_scores(state.model, state.loss_fn, batch, names, T=self.options.grasp_temperature)
+
+
+class Iterative(SparseMethod):
+    Options = IterativeOptions
+    rounds = 60
+
+    def check(self) -> None:
+        if self.options.distribution not in (None, "global"):
+            raise DrtError(f"{type(self).__name__} prunes with one global threshold; --distribution must be global")
+
+
+@METHODS.register("synflow", help="SynFlow: data-free iterative conservation scores, 100 rounds (Tanaka et al. 2020)")
+class SynFlow(Iterative):
+    data_free = True
+    rounds = 100
+
+    def choose(self, state):
+        self.check()
+        o = self.options
+        masks, info = synflow_prune(state.model, state.input_shape, o.sparsity, rounds=o.prune_rounds or self.rounds,
+                                    guard=o.guard)
+        return masks, info
+
+
+@METHODS.register("iter-snip", help="Iterative SNIP: SNIP re-scored over an exponential schedule (de Jorge et al. 2021)")
+class IterSNIP(Iterative):
+    def choose(self, state):
+        self.check()
+        o = self.options
+        return iterative_snip(state.model, state.loss_fn, score_batches(state, o.score_batches), o.sparsity,
+                              steps=o.prune_rounds or self.rounds, guard=o.guard)
+
+
+@METHODS.register("force", help="FORCE: iterative SNIP through the mask, pruned weights may return (de Jorge et al. 2021)")
+class FORCE(Iterative):
+    def choose(self, state):
+        self.check()
+        o = self.options
+        return force(state.model, state.loss_fn, score_batches(state, o.score_batches), o.sparsity,
+                     steps=o.prune_rounds or self.rounds, guard=o.guard)

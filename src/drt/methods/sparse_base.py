@@ -1,0 +1,112 @@
+"""Shared plumbing of mask-based methods: choose a mask, keep weights, grads and optimizer state masked.
+
+A subclass implements ``choose(state) -> (MaskSet, info)`` (pruning at init) and/or changes
+``self.mask`` later (dynamic sparse training, IMP). The mask covers conv and linear weights
+(biases and BN are never masked) and is applied in place, never inferred from values.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from drt.errors import DrtError
+from drt.methods.base import Method, TrainState
+from drt.options import opt
+from drt.sparse import DISTRIBUTIONS, MaskSet, check_sparsity, prunable
+
+
+@dataclass(frozen=True)
+class SparseOptions:
+    sparsity: float = opt(0.9, "target sparsity over conv and linear weights (biases and BN never pruned)")
+    distribution: str | None = opt(None, "per-layer densities (default: the method's own)", DISTRIBUTIONS)
+    dense_first: bool = opt(False, "keep the first prunable layer dense")
+    dense_last: bool = opt(False, "keep the last prunable layer (the classifier) dense")
+    guard: bool = opt(True, "layer-collapse guard: every prunable layer keeps >= 1 weight")
+
+    def __post_init__(self) -> None:
+        check_sparsity(self.sparsity)
+
+
+class SparseMethod(Method):
+    """Masks weights from ``setup`` on; subclasses decide the mask."""
+
+    Options = SparseOptions
+    default_distribution = "global"
+
+    def __init__(self, options: Any = None) -> None:
+        super().__init__(options)
+        self.mask: MaskSet | None = None
+        self.info: dict[str, Any] = {}
+
+    @property
+    def distribution(self) -> str:
+        return self.options.distribution or self.default_distribution
+
+    def choose(self, state: TrainState) -> tuple[MaskSet, dict[str, Any]]:
+        raise NotImplementedError
+
+    def set_mask(self, state: TrainState, mask: MaskSet, info: dict[str, Any]) -> None:
+        """Adopt ``mask`` and zero the masked weights (and optimizer state, if any) now."""
+        self.mask, self.info = mask.to(state.device), info
+        self.mask.apply_(state.model, state.optimizer)
+
+    def setup(self, state: TrainState) -> None:
+        if not prunable(state.model):
+            raise DrtError(f"{type(self).__name__}: model has no conv or linear weights to prune")
+        self.set_mask(state, *self.choose(state))
+
+    def after_backward(self, state: TrainState) -> None:
+        self.mask.mask_grads_(state.model)
+
+    def after_step(self, state: TrainState) -> None:
+        self.mask.apply_(state.model, state.optimizer)
+
+    def masks(self) -> dict[str, torch.Tensor]:
+        return dict(self.mask) if self.mask is not None else {}
+
+    def summary(self, state: TrainState) -> dict[str, Any]:
+        info = self.info
+        rows = self.mask.report(info.get("targets"), 1 - self.options.sparsity, info.get("guard_fired", ()))
+        return {
+            "sparsity_target": self.options.sparsity,
+            "sparsity_achieved": self.mask.sparsity(),
+            "distribution": self.distribution,
+            "guard_fired": list(info.get("guard_fired", [])),
+            "prunable_params": self.mask.numel(),
+            "layers": [{k: r[k] for k in ("name", "numel", "kept", "target", "achieved")} for r in rows[:-1]],
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"masks": self.mask.state_dict() if self.mask is not None else {}, "info": json.dumps(self.info)}
+
+    def load_state_dict(self, state: dict[str, Any], model: torch.nn.Module) -> torch.nn.Module:
+        self.mask = MaskSet(state["masks"]) if state["masks"] else None
+        self.info = json.loads(state["info"])
+        return model
+
+
+def score_batches(state: TrainState, n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The first ``n`` un-augmented training batches (the same on every run with this seed)."""
+    it: Iterator = state.batches()
+    return [next(it) for _ in range(n)]
+
+
+def class_balanced_batch(state: TrainState, per_class: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """One batch with ``per_class`` samples of every class (GraSP's sampling)."""
+    xs, ys, have = [], [], torch.zeros(state.num_classes, dtype=torch.long)
+    for x, y in state.batches():
+        for c in range(state.num_classes):
+            need = per_class - int(have[c])
+            if need > 0:
+                idx = (y == c).nonzero().flatten()[:need]
+                xs.append(x[idx])
+                ys.append(y[idx])
+                have[c] += len(idx)
+        if bool((have >= per_class).all()):
+            break
+    return [(torch.cat(xs), torch.cat(ys))]
