@@ -258,6 +258,11 @@ def test_output_transform_removes_dead_channels_exactly_on_vgg():
     keep = {"conv4": live3, "conv6": live5}  # the same by explicit channel counts, eigenvalue-weighted scores
     weighted = pcn.compress(model, stats, keep=0.99, output=keep, output_keep=keep, eigen_weighted=True)
     assert weighted.conv6.d == live5 and _max_diff(base, weighted, fresh) < 1e-10
+    tiny = pcn.compress(model, stats, keep=0.99, output=["conv4"], output_keep=2)  # fewer channels than k
+    assert tiny.conv4.basis.shape == (2, small.conv4.k) and tiny.conv3.out_channels == 2
+    rebuilt = pcn.rebuild(create("vgg11", (3, 16, 16), 10, width=4).double(), pcn.pcn_spec(tiny))
+    rebuilt.load_state_dict(tiny.state_dict())
+    assert _max_diff(tiny, rebuilt.eval(), fresh) == 0.0
     with pytest.raises(DrtError, match=r"output_keep for layer 'conv4' must be an int in \[1, 16\]"):
         pcn.compress(model, stats, keep=0.99, output=["conv4"], output_keep=17)
 

@@ -27,6 +27,7 @@ class DataConfig:
     subset: int | None = opt(None, "use a fixed subset of this many training images")
     val_size: float = opt(0.0, "validation split carved from train: a fraction in [0, 1) or a count")
     augment: str = opt("auto", "training augmentation (auto: the data set's default)", ("auto", "none", "crop-flip"))
+    image_size: int | None = opt(None, "imagefolder: resize every image to this size (default: the first image's)")
 
     def __post_init__(self) -> None:
         DATASETS.get(self.dataset)

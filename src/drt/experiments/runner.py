@@ -38,7 +38,7 @@ def run(cfg: RunConfig, results_dir: str | Path = "results", *, device: str = "a
     if resume and not ckpt.exists():
         log(f"{cfg.label()}: no checkpoint to resume from in {run_dir}; starting from scratch")
     data = load(cfg.data.dataset, data_dir=cfg.data.data_dir, data_root=cfg.data.data_root,
-                val_size=cfg.data.val_size, subset=cfg.data.subset, seed=0)
+                val_size=cfg.data.val_size, subset=cfg.data.subset, image_size=cfg.data.image_size)
     torch.manual_seed(cfg.train.seed)
     model = create(cfg.model.model, tuple(data.input_shape), data.num_classes, **cfg.model.options())
     method = METHODS.get(cfg.method)(cfg.method_options)

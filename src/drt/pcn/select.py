@@ -1,0 +1,150 @@
+"""Which layers a PCN transform touches and how many components each keeps (k per layer)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from torch import nn
+
+from drt.analysis.pca import (
+    BudgetUnit,
+    k_budget,
+    k_explained,
+    k_fixed,
+    k_threshold,
+    k_width_fraction,
+    subspace_overlap,
+)
+from drt.errors import DrtError
+from drt.pcn.layers import PCNLayer, ineligible_reason
+from drt.pcn.stats import PCNStats, eligible_layers, select_layers
+
+Keep = str | int | float
+KeepArg = Keep | Mapping[str, Keep]
+Exclude = Iterable[str] | Callable[[str, nn.Module], bool]
+
+
+def k_for(rule: Keep, stats: PCNStats, name: str) -> int:
+    """k for layer ``name`` under one rule: "all" (k = d), a float in (0, 1] (explained variance), an int."""
+    d = stats.dim(name)
+    if rule == "all":
+        return d
+    if isinstance(rule, bool) or not isinstance(rule, int | float):
+        raise DrtError(f"layer {name!r}: keep must be 'all', an int k in [1, {d}] or a variance fraction "
+                       f"in (0, 1]; got {rule!r}")
+    if isinstance(rule, int):
+        return k_fixed(rule, d, f"layer {name!r}")
+    return k_explained(stats.eigvals(name), rule, f"layer {name!r}")
+
+
+def _excluded(exclude: Exclude, model: nn.Module) -> set[str]:
+    eligible, ineligible = eligible_layers(model)
+    modules = {**eligible, **{n: model.get_submodule(n) for n in ineligible}}
+    if callable(exclude):
+        return {n for n, m in modules.items() if exclude(n, m)}
+    pats = [exclude] if isinstance(exclude, str) else list(exclude)
+    return set(select_layers(modules, pats, modules, "exclude")) if pats else set()
+
+
+def plan_components(model: nn.Module, stats: PCNStats, keep: KeepArg = "all", *,
+                    width_fraction: float | None = None, eig_threshold: float | None = None,
+                    budget: int | float | None = None, exclude: Exclude = (),
+                    include_first: bool = False) -> dict[str, int]:
+    """Layer name -> k for every layer to transform, in forward order.
+
+    ``keep``: one rule for all layers with statistics, or a dict of name / glob pattern -> rule
+    (only matching layers are transformed). ``width_fraction`` and ``eig_threshold`` cap k further
+    (k = the smallest of all rules given). Layers sharing a basis (same input tensor) are
+    transformed together with the smallest of their k. ``budget``: total trainable parameters of
+    the model after the input transform (int), or a fraction in (0, 1) of its current trainable
+    parameters; k is then allocated greedily by explained variance per parameter (``k_budget``),
+    with the rules above as caps. The first layer is skipped unless ``include_first``.
+    """
+    modules = dict(model.named_modules())
+    names = stats.layers
+    for n in names:
+        if n not in modules:
+            raise DrtError(f"PCN statistics name layer {n!r}, which this model does not have")
+    skip = _excluded(exclude, model)
+    first = list(stats.first)
+    if include_first and any(n not in names for n in stats.first):
+        raise DrtError(f"include_first=True but no statistics for {', '.join(stats.first)}; "
+                       "collect(..., exclude_first=False)")
+    if not include_first:
+        skip |= set(first)
+    rules: dict[str, Keep] = {}
+    if isinstance(keep, Mapping):
+        for pat, rule in keep.items():
+            hits = select_layers(dict.fromkeys([*names, *first]), [pat], modules, "keep")
+            bad = [h for h in hits if h in first and (not include_first or h not in names)]
+            if bad:
+                raise DrtError(f"keep names layer {bad[0]!r}, which reads the network input; pass "
+                               "include_first=True (and collect(..., exclude_first=False)) to transform it")
+            rules.update({h: rule for h in hits if h not in skip})
+        rules = {n: rules[n] for n in names if n in rules}
+    else:
+        rules = {n: keep for n in names if n not in skip}
+    for n in rules:
+        reason = ineligible_reason(modules[n])
+        if reason is not None:
+            raise DrtError(f"layer {n!r} cannot be PCN-transformed: {reason}")
+    ks: dict[str, int] = {}
+    for n, rule in rules.items():
+        k = k_for(rule, stats, n)
+        if width_fraction is not None:
+            k = min(k, k_width_fraction(stats.dim(n), width_fraction, f"layer {n!r}"))
+        if eig_threshold is not None:
+            k = min(k, k_threshold(stats.eigvals(n), eig_threshold, f"layer {n!r}"))
+        ks[n] = k
+    # layers reading the same tensor share one basis: transform them together, with one k
+    group_k: dict[str, int] = {}
+    for n, k in ks.items():
+        group_k[stats.key(n)] = min(k, group_k.get(stats.key(n), k))
+    ks = {n: group_k[stats.key(n)] for n in names
+          if stats.key(n) in group_k and n not in skip and not isinstance(modules[n], PCNLayer)}
+    if budget is not None:
+        ks = _apply_budget(model, stats, ks, budget)
+    return ks
+
+
+def _apply_budget(model: nn.Module, stats: PCNStats, ks: dict[str, int], budget: int | float) -> dict[str, int]:
+    modules = dict(model.named_modules())
+    current = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    if isinstance(budget, bool) or not isinstance(budget, int | float) or budget <= 0 or (
+            isinstance(budget, float) and budget >= 1):
+        raise DrtError(f"budget must be a positive int (parameters) or a float in (0, 1) (fraction of the "
+                       f"{current} trainable parameters); got {budget!r}")
+    target = int(budget * current) if isinstance(budget, float) else budget
+    fixed = current
+    units: dict[str, dict[str, Any]] = {}
+    for n in ks:
+        w = modules[n].weight
+        out, taps = w.shape[0], math.prod(w.shape[2:])
+        fixed += out - w.numel() - (modules[n].bias.numel() if modules[n].bias is not None else 0)
+        u = units.setdefault(stats.key(n), {"cost": 0, "cap": ks[n], "name": n})
+        u["cost"] += out * taps
+    minimum = fixed + sum(u["cost"] for u in units.values())
+    if target < minimum:
+        raise DrtError(f"budget of {target} trainable parameters is below the minimum {minimum} "
+                       "(one component per transformed layer); raise it or transform fewer layers")
+    alloc = k_budget({key: BudgetUnit(stats.eigvals(u["name"]), u["cost"], u["cap"]) for key, u in units.items()},
+                     target - fixed)
+    return {n: alloc[stats.key(n)] for n in ks}
+
+
+def subspace_overlaps(prev: PCNStats, cur: PCNStats, keep: Keep = 0.99) -> dict[str, float]:
+    """Per basis: ||V_prev^T V_cur||_F^2 / k between two collections (e.g. consecutive epochs).
+
+    k per basis comes from ``keep`` applied to ``cur`` (same rule for both). Values near 1 mean the
+    principal subspace has settled (a signal for choosing the transform epoch automatically).
+    """
+    out = {}
+    for name in cur.layers:
+        key = cur.key(name)
+        if key != name or key not in prev.keys:
+            continue
+        k = k_for(keep, cur, name)
+        out[name] = subspace_overlap(prev.eig(name)[1][:, :k], cur.eig(name)[1][:, :k])
+    return out

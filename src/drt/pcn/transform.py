@@ -1,0 +1,83 @@
+"""PCN input transform of a whole model (``compress``) and its inverse (``expand``).
+
+Waleffe & Rekatsinas 2020, "Principal Component Networks": each chosen layer is re-expressed on
+the top-k principal components of its input; the output ("kill") transform is in ``graph``.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable, Mapping
+
+from torch import Tensor, nn
+
+from drt.errors import DrtError
+from drt.pcn.layers import PCNLayer, to_pcn
+from drt.pcn.narrow import narrow_
+from drt.pcn.select import Exclude, KeepArg, plan_components
+from drt.pcn.stats import PCNStats
+
+
+def set_module_(root: nn.Module, name: str, new: nn.Module) -> nn.Module:
+    """Replace submodule ``name`` (qualified) of ``root`` by ``new``, keeping its train/eval flag; in place."""
+    parent_name, _, attr = name.rpartition(".")
+    parent = root.get_submodule(parent_name) if parent_name else root
+    new.train(getattr(parent, attr).training)
+    setattr(parent, attr, new)
+    return root
+
+
+def compress(model: nn.Module, stats: PCNStats, keep: KeepArg = "all", *, width_fraction: float | None = None,
+             eig_threshold: float | None = None, budget: int | float | None = None,
+             output: bool | Iterable[str] = False, output_keep: int | float | Mapping[str, int | float] | None = None,
+             output_threshold: float | None = None, eigen_weighted: bool = False, exclude: Exclude = (),
+             include_first: bool = False) -> nn.Module:
+    """A new model whose chosen layers are PCN layers; ``model`` is left untouched (deep copy).
+
+    Input transform (paper): layer name -> k from ``keep`` ("all" = exact, float in (0, 1] =
+    explained variance, int = fixed k, or a dict of name / glob pattern -> rule, in which case only
+    those layers change), capped by ``width_fraction`` / ``eig_threshold`` (paper rules) and
+    allocated under ``budget`` if given (see ``select.plan_components``). ``exclude``: names,
+    patterns or ``callable(name, module)``. The first layer is kept unless ``include_first``.
+    Output transform (off by default): ``output=True`` (or names / patterns of PCN layers) removes
+    the producer channels feeding those layers with the smallest basis loadings; see
+    ``narrow.narrow_`` for ``output_keep``, ``output_threshold`` and ``eigen_weighted``.
+    Transforming a PCN layer again is refused (``expand`` first, then collect and compress).
+    """
+    ks = plan_components(model, stats, keep, width_fraction=width_fraction, eig_threshold=eig_threshold,
+                         budget=budget, exclude=exclude, include_first=include_first)
+    small = copy.deepcopy(model)
+    owners: dict[str, str] = {}
+    eigvals: dict[str, Tensor] = {}
+    for name, k in ks.items():
+        layer = small.get_submodule(name)
+        if layer.weight.shape[1] != stats.dim(name):
+            raise DrtError(f"layer {name!r} has {layer.weight.shape[1]} inputs but its statistics have "
+                           f"{stats.dim(name)}; collect statistics on this model")
+        key = stats.key(name)
+        owner = owners.setdefault(key, name)
+        vals, vecs = stats.eig(name)
+        set_module_(small, name, to_pcn(layer, stats.mean(name), vecs[:, :k], name, owner))
+        eigvals[name] = vals
+    if output is not False:
+        narrow_(small, stats.sample_shape, which=output, keep=output_keep, threshold=output_threshold,
+                eigvals=eigvals, eigen_weighted=eigen_weighted)
+    return small
+
+
+def expand(small: nn.Module) -> nn.Module:
+    """A new model with every PCN layer turned back into a plain layer computing the same function.
+
+    W = W' V^T and b = b' - W mu (rank k when k < d; the plain layer always has a bias). Channels
+    removed by the output transform stay removed. ``small`` is left untouched.
+    """
+    big = copy.deepcopy(small)
+    for name, m in list(big.named_modules()):
+        if isinstance(m, PCNLayer):
+            set_module_(big, name, m.to_plain())  # type: ignore[operator]
+    return big
+
+
+def pcn_layers(model: nn.Module) -> dict[str, PCNLayer]:
+    """The model's PCN layers by qualified name."""
+    return {n: m for n, m in model.named_modules() if isinstance(m, PCNLayer)}
