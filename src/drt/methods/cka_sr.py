@@ -35,7 +35,8 @@ class CKASROptions:
         if not self.cka_beta >= 0:
             raise DrtError(f"cka_beta must be >= 0, got {self.cka_beta}")
         if self.cka_samples != -1 and self.cka_samples < 4:
-            raise DrtError(f"cka_samples must be -1 (all) or at least 4 (unbiased HSIC minimum), got {self.cka_samples}")
+            raise DrtError("cka_samples must be -1 (all) or at least 4 (the unbiased HSIC minimum), "
+                           f"got {self.cka_samples}")
         if self.cka_every < 1:
             raise DrtError(f"cka_every must be >= 1, got {self.cka_every}")
 

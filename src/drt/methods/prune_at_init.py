@@ -117,7 +117,7 @@ class SynFlow(Iterative):
         return masks, info
 
 
-@METHODS.register("iter-snip", help="Iterative SNIP: SNIP re-scored over an exponential schedule (de Jorge et al. 2021)")
+@METHODS.register("iter-snip", help="Iterative SNIP: SNIP re-scored on an exponential schedule (de Jorge 2021)")
 class IterSNIP(Iterative):
     def choose(self, state):
         self.check()
@@ -126,7 +126,7 @@ class IterSNIP(Iterative):
                               steps=o.prune_rounds or self.rounds, guard=o.guard)
 
 
-@METHODS.register("force", help="FORCE: iterative SNIP through the mask, pruned weights may return (de Jorge et al. 2021)")
+@METHODS.register("force", help="FORCE: iterative SNIP through the mask; pruned weights may return (de Jorge 2021)")
 class FORCE(Iterative):
     def choose(self, state):
         self.check()

@@ -1,0 +1,151 @@
+"""PCN as a training method: train dense for E epochs, transform by PCA of layer inputs, continue.
+
+Waleffe & Rekatsinas 2020. After epoch E (or, with ``--pcn-epoch auto``, once the principal
+subspaces of consecutive epochs overlap by at least ``--pcn-auto-overlap``), statistics are
+collected in eval mode on un-augmented training samples, the model is compressed, the loop
+rebuilds the optimizer (weight decay on W' and b' only: V and μ are frozen buffers) and the LR
+schedule continues at absolute epochs. The checkpoint carries the transformed architecture.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+from drt.errors import DrtError
+from drt.methods.base import METHODS, Method, TrainState
+from drt.options import opt
+from drt.pcn import PCNStats, collect, compress, pcn_layers, pcn_spec, rebuild, subspace_overlaps
+
+
+def parse_keep(text: str) -> Any:
+    """'all' | '0.99' (explained variance) | '64' (fixed k) | 'conv8=64,conv11=32,fc=0.9' (per layer)."""
+    def one(v: str) -> Any:
+        v = v.strip()
+        if v == "all":
+            return v
+        try:
+            return int(v)
+        except ValueError:
+            try:
+                return float(v)
+            except ValueError:
+                raise DrtError(f"pcn keep rule {v!r} must be 'all', an int k or a variance fraction") from None
+    if "=" in text:
+        pairs = [p.split("=", 1) for p in text.split(",") if p.strip()]
+        if any(len(p) != 2 for p in pairs):
+            raise DrtError(f"pcn keep {text!r}: use name=rule pairs separated by commas")
+        return {k.strip(): one(v) for k, v in pairs}
+    return one(text)
+
+
+@dataclass(frozen=True)
+class PCNOptions:
+    pcn_epoch: str = opt("1", "transform after this epoch, or 'auto' (when subspaces settle)")
+    pcn_keep: str = opt("0.99", "components kept: all | variance fraction | k | name=rule,... (per layer)")
+    pcn_width_fraction: float | None = opt(None, "cap k at this fraction of each layer's width (paper rule)")
+    pcn_eig_threshold: float | None = opt(None, "keep eigenvalues >= this (paper rule)")
+    pcn_budget: float | None = opt(None, "global trainable-parameter budget: a count, or a fraction < 1")
+    pcn_output: bool = opt(False, "also remove producer channels (output transform)")
+    pcn_output_keep: float | None = opt(None, "output transform: channels kept (count, or fraction < 1)")
+    pcn_eigen_weighted: bool = opt(False, "output transform: eigenvalue-weighted channel scores")
+    pcn_exclude: tuple[str, ...] = opt((), "layers (names or glob patterns) never transformed")
+    pcn_samples: int = opt(5000, "training samples for the statistics")
+    pcn_pool_to: int | None = opt(None, "average-pool conv maps larger than this before the statistics")
+    pcn_auto_overlap: float = opt(0.9, "auto: transform when mean subspace overlap reaches this")
+    pcn_auto_latest: int | None = opt(None, "auto: transform at this epoch at the latest (default half of training)")
+
+    def __post_init__(self) -> None:
+        if self.pcn_epoch != "auto" and not (self.pcn_epoch.isdigit() and int(self.pcn_epoch) >= 1):
+            raise DrtError(f"pcn_epoch must be a positive integer or 'auto', got {self.pcn_epoch!r}")
+        parse_keep(self.pcn_keep)
+        if self.pcn_samples < 2:
+            raise DrtError(f"pcn_samples must be >= 2, got {self.pcn_samples}")
+        if not 0 < self.pcn_auto_overlap <= 1:
+            raise DrtError(f"pcn_auto_overlap must be in (0, 1], got {self.pcn_auto_overlap}")
+
+    def compress_kwargs(self) -> dict[str, Any]:
+        keep_out = self.pcn_output_keep
+        if keep_out is not None and keep_out >= 1:
+            keep_out = int(keep_out)
+        budget = self.pcn_budget
+        if budget is not None and budget >= 1:
+            budget = int(budget)
+        return {"keep": parse_keep(self.pcn_keep), "width_fraction": self.pcn_width_fraction,
+                "eig_threshold": self.pcn_eig_threshold, "budget": budget, "output": self.pcn_output,
+                "output_keep": keep_out, "eigen_weighted": self.pcn_eigen_weighted, "exclude": self.pcn_exclude}
+
+
+@METHODS.register("pcn", help="Principal Component Networks: shrink layers by PCA of their inputs (Waleffe 2020)")
+class PCN(Method):
+    Options = PCNOptions
+
+    def __init__(self, options: PCNOptions | None = None) -> None:
+        super().__init__(options)
+        self.spec: dict[str, Any] | None = None
+        self.epoch_done: int | None = None
+        self.prev: PCNStats | None = None
+        self.overlaps: list[float] = []
+        self.before: int | None = None
+
+    def setup(self, state: TrainState) -> None:
+        o = self.options
+        if o.pcn_epoch != "auto" and int(o.pcn_epoch) >= state.epochs:
+            raise DrtError(f"pcn_epoch {o.pcn_epoch} must be before the last epoch ({state.epochs})")
+        if pcn_layers(state.model):
+            raise DrtError("the model already has PCN layers; transforming twice is not supported")
+
+    def stats(self, state: TrainState) -> PCNStats:
+        return collect(state.model, state.batches(), max_samples=self.options.pcn_samples,
+                       pool_to=self.options.pcn_pool_to)
+
+    def due(self, state: TrainState) -> tuple[bool, PCNStats | None]:
+        o = self.options
+        if o.pcn_epoch != "auto":
+            return state.epoch == int(o.pcn_epoch), None
+        latest = o.pcn_auto_latest or max(1, state.epochs // 2)
+        cur = self.stats(state)
+        if self.prev is not None:
+            overlaps = subspace_overlaps(self.prev, cur, parse_keep(o.pcn_keep) if o.pcn_keep != "all" else 0.99)
+            mean = sum(overlaps.values()) / max(len(overlaps), 1)
+            self.overlaps.append(mean)
+            state.log["pcn_overlap"] = mean
+            if mean >= o.pcn_auto_overlap:
+                return True, cur
+        self.prev = cur
+        return state.epoch >= latest, cur
+
+    def epoch_end(self, state: TrainState) -> nn.Module | None:
+        if self.spec is not None or state.epoch >= state.epochs:
+            return None
+        go, stats = self.due(state)
+        if not go:
+            return None
+        stats = stats or self.stats(state)
+        self.before = sum(p.numel() for p in state.model.parameters() if p.requires_grad)
+        small = compress(state.model, stats, **self.options.compress_kwargs())
+        self.spec, self.epoch_done, self.prev = pcn_spec(small), state.epoch, None
+        state.log["pcn_transform"] = state.epoch
+        return small
+
+    def summary(self, state: TrainState) -> dict[str, Any]:
+        layers = pcn_layers(state.model)
+        return {"pcn_epoch": self.epoch_done, "pcn_overlaps": self.overlaps, "params_before_pcn": self.before,
+                "pcn_layers": {n: {"k": int(m.k), "d": int(m.d)} for n, m in layers.items()}}
+
+    def state_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"spec": json.dumps(self.spec), "epoch": self.epoch_done or 0,
+                               "overlaps": list(self.overlaps), "before": self.before or 0}
+        if self.prev is not None:
+            out["prev"] = self.prev.state_dict()
+        return out
+
+    def load_state_dict(self, state: dict[str, Any], model: nn.Module) -> nn.Module:
+        self.spec = json.loads(state["spec"])
+        self.epoch_done = state["epoch"] or None
+        self.overlaps, self.before = list(state["overlaps"]), state["before"] or None
+        self.prev = PCNStats.from_state_dict(state["prev"]) if "prev" in state else None
+        return rebuild(model, self.spec) if self.spec else model
