@@ -37,7 +37,11 @@ def test_transform_after_epoch_keeps_schedule_and_freezes_basis(digits):
     assert out.final["params_trainable"] < dense.final["params_trainable"]
     assert out.final["params_frozen"] == sum(m.drt_frozen_numel() for m in layers.values())
     # V and mu are buffers: not trained, untouched by weight decay in the epochs after the transform
-    shorter = train(_model(digits), digits, _cfg(epochs=3), PCN(PCNOptions(pcn_epoch="2", pcn_keep="0.9")),
+    # (constant LR so that the first two epochs of a 3-epoch and a 4-epoch run are identical)
+    longer = train(_model(digits), digits, _cfg(schedule="constant"), PCN(PCNOptions(pcn_epoch="2", pcn_keep="0.9")),
+                   device=CPU)
+    layers = pcn_layers(longer.model)
+    shorter = train(_model(digits), digits, _cfg(epochs=3, schedule="constant"), PCN(PCNOptions(pcn_epoch="2", pcn_keep="0.9")),
                     device=CPU)
     for name, m in layers.items():
         assert {n for n, _ in m.named_parameters()} == {"weight", "bias"}
