@@ -38,8 +38,8 @@ def test_transform_after_epoch_keeps_schedule_and_freezes_basis(digits):
     assert out.final["params_frozen"] == sum(m.drt_frozen_numel() for m in layers.values())
     # V and mu are buffers: not trained, untouched by weight decay in the epochs after the transform
     # (constant LR so that the first two epochs of a 3-epoch and a 4-epoch run are identical)
-    longer = train(_model(digits), digits, _cfg(schedule="constant"), PCN(PCNOptions(pcn_epoch="2", pcn_keep="0.9")),
-                   device=CPU)
+    opts = PCNOptions(pcn_epoch="2", pcn_keep="0.9")
+    longer = train(_model(digits), digits, _cfg(schedule="constant"), PCN(opts), device=CPU)
     layers = pcn_layers(longer.model)
     shorter = train(_model(digits), digits, _cfg(epochs=3, schedule="constant"), PCN(PCNOptions(pcn_epoch="2", pcn_keep="0.9")),
                     device=CPU)
