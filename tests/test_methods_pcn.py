@@ -41,8 +41,7 @@ def test_transform_after_epoch_keeps_schedule_and_freezes_basis(digits):
     opts = PCNOptions(pcn_epoch="2", pcn_keep="0.9")
     longer = train(_model(digits), digits, _cfg(schedule="constant"), PCN(opts), device=CPU)
     layers = pcn_layers(longer.model)
-    shorter = train(_model(digits), digits, _cfg(epochs=3, schedule="constant"), PCN(PCNOptions(pcn_epoch="2", pcn_keep="0.9")),
-                    device=CPU)
+    shorter = train(_model(digits), digits, _cfg(epochs=3, schedule="constant"), PCN(opts), device=CPU)
     for name, m in layers.items():
         assert {n for n, _ in m.named_parameters()} == {"weight", "bias"}
         other = pcn_layers(shorter.model)[name]
