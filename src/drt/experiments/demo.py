@@ -9,10 +9,12 @@ from drt.experiments.config import make_config
 from drt.experiments.runner import run
 from drt.experiments.table import format_table, summary_row
 
-BASE = {"dataset": "mnist5k", "epochs": 10, "batch_size": 64, "lr": 0.05, "weight_decay": 5e-4}
+BASE = {"dataset": "mnist5k", "model": "lenet5", "epochs": 10, "batch_size": 64, "lr": 0.05, "weight_decay": 5e-4}
 DEMO_RUNS: list[dict[str, Any]] = [
-    {"model": "mlp", "method": "dense"},
-    {"model": "lenet5", "method": "dense"},
+    {"method": "dense"},
+    {"method": "pcn", "pcn_epoch": "2", "pcn_keep": "0.95"},
+    {"method": "snip", "sparsity": 0.9},
+    {"method": "synflow", "sparsity": 0.9},
 ]
 SEEDS = (0, 1)
 

@@ -52,6 +52,7 @@ class TrainState:
     x: torch.Tensor | None = None  # the current batch (inputs, targets) during a step
     y: torch.Tensor | None = None
     log: dict[str, Any] = field(default_factory=dict)  # method metrics for this epoch
+    metrics: dict[str, Any] = field(default_factory=dict)  # this epoch's evaluation, for epoch_end hooks
 
     @property
     def total_steps(self) -> int:

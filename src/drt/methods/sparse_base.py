@@ -85,7 +85,8 @@ class SparseMethod(Method):
         return {"masks": self.mask.state_dict() if self.mask is not None else {}, "info": json.dumps(self.info)}
 
     def load_state_dict(self, state: dict[str, Any], model: torch.nn.Module) -> torch.nn.Module:
-        self.mask = MaskSet(state["masks"]) if state["masks"] else None
+        device = next(model.parameters()).device
+        self.mask = MaskSet(state["masks"]).to(device) if state["masks"] else None
         self.info = json.loads(state["info"])
         return model
 

@@ -164,6 +164,7 @@ def train(
             entry["val_loss"], entry["val_acc"] = evaluate(state.model, data.x_val, data.y_val,
                                                            cfg.eval_batch_size, device, cfg.amp)
         state.epoch += 1
+        state.metrics = dict(entry)
         for p in plugins:
             new = p.epoch_end(state)
             if new is not None:
