@@ -6,6 +6,7 @@ import contextlib
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from drt.analysis.cost import effective_flops, forward_flops, param_counts, peak
 from drt.data import Dataset, TensorLoader
 from drt.errors import DrtError
 from drt.methods.base import Method, TrainState
+from drt.methods.driver import Driver
 from drt.train.checkpoint import load_checkpoint, save_checkpoint
 from drt.train.config import TrainConfig, lr_at
 
@@ -29,9 +31,8 @@ class TrainResult:
     final: dict[str, Any]
 
 
-def build_optimizer(cfg: TrainConfig, model: nn.Module, method: Method) -> torch.optim.Optimizer:
-    """The optimizer over the method's parameter groups (frozen tensors are left out)."""
-    groups = [g for g in method.param_groups(model, cfg.weight_decay) if g["params"]]
+def make_optimizer(cfg: TrainConfig, groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
+    """The configured optimizer over parameter groups (a method's groups leave frozen tensors out)."""
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
     if cfg.optimizer == "adam":
@@ -83,36 +84,26 @@ def train(
     from it to the same result as an uninterrupted run. Raises ``DrtError`` on a NaN/Inf loss
     (the last good checkpoint is kept).
     """
-    plugins = [method, *regularisers]
-    model = model.to(device)
     loader = TensorLoader(data.x_train, data.y_train, cfg.batch_size, shuffle=True, augment=augment,
                           seed=cfg.seed, device=device)
     score_loader = TensorLoader(data.x_train, data.y_train, cfg.batch_size, shuffle=True, seed=cfg.seed + 1,
                                 device=device)
-    state = TrainState(model=model, optimizer=None, loss_fn=F.cross_entropy, device=device,
-                       input_shape=tuple(data.input_shape), num_classes=data.num_classes, epochs=cfg.epochs,
-                       steps_per_epoch=len(loader), seed=cfg.seed, batches=lambda: iter(score_loader),
-                       run_dir=Path(checkpoint).parent if checkpoint else None)
+    ckpt = Path(checkpoint) if checkpoint else None
+    resuming = resume and ckpt is not None and ckpt.exists()
+    drv = Driver(method, model, partial(make_optimizer, cfg), batches=lambda: iter(score_loader),
+                 epochs=cfg.epochs, steps_per_epoch=len(loader), input_shape=tuple(data.input_shape),
+                 num_classes=data.num_classes, regularisers=regularisers, weight_decay=cfg.weight_decay,
+                 seed=cfg.seed, device=device, run_dir=ckpt.parent if ckpt else None, setup=not resuming)
+    state = drv.state
     total_epochs = method.total_epochs(cfg.epochs)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp and device.type == "cuda")
     history: list[dict[str, Any]] = []
-    ckpt = Path(checkpoint) if checkpoint else None
-    if resume and ckpt is not None and ckpt.exists():
+    if resuming:
         payload = load_checkpoint(ckpt)
-        for p, s in zip(plugins, payload["plugins"], strict=True):
-            state.model = p.load_state_dict(s, state.model).to(device)
-        state.model.load_state_dict(payload["model"])
-        state.optimizer = build_optimizer(cfg, state.model, method)
-        state.optimizer.load_state_dict(payload["optimizer"])
+        drv.load_state_dict(payload)
         scaler.load_state_dict(payload["scaler"])
         torch.set_rng_state(payload["rng"])
-        state.epoch, state.step, history = payload["epoch"], payload["step"], list(payload["history"])
-    else:
-        for p in plugins:
-            state.model = (p.setup(state) or state.model).to(device)
-        state.optimizer = build_optimizer(cfg, state.model, method)
-    for p in plugins:
-        p.attach(state)
+        history = list(payload["history"])
 
     while state.epoch < total_epochs:
         epoch = state.epoch
@@ -131,11 +122,8 @@ def train(
             with autocast(device, cfg.amp):
                 out = state.model(x)
                 loss = state.loss_fn(out.float(), y)
-            total = loss
-            for p in plugins:
-                extra = p.extra_loss(state, out)
-                if extra is not None:
-                    total = total + extra.to(total.dtype)
+            extra = drv.extra_loss(out)
+            total = loss if extra is None else loss + extra.to(loss.dtype)
             if not torch.isfinite(total):
                 kept = f"; last good checkpoint kept at {ckpt}" if ckpt and ckpt.exists() else ""
                 raise DrtError(f"loss became {float(total.detach())} at epoch {epoch + 1}, step {i + 1} "
@@ -144,13 +132,10 @@ def train(
             scaler.scale(total).backward()
             if scaler.is_enabled():
                 scaler.unscale_(state.optimizer)
-            for p in plugins:
-                p.after_backward(state)
+            drv.after_backward()
             scaler.step(state.optimizer)
             scaler.update()
-            state.step += 1
-            for p in plugins:
-                p.after_step(state)
+            drv.after_step()
             loss_sum += loss.detach() * len(y)
             correct += (out.argmax(1) == y).sum()
             seen += len(y)
@@ -163,23 +148,12 @@ def train(
         if data.x_val is not None:
             entry["val_loss"], entry["val_acc"] = evaluate(state.model, data.x_val, data.y_val,
                                                            cfg.eval_batch_size, device, cfg.amp)
-        state.epoch += 1
-        state.metrics = dict(entry)
-        for p in plugins:
-            new = p.epoch_end(state)
-            if new is not None:
-                state.model = new.to(device)
-                state.optimizer = build_optimizer(cfg, state.model, method)
-                for q in plugins:
-                    q.attach(state)
+        drv.end_epoch(entry)
         entry.update(state.log)
         history.append(entry)
         if ckpt is not None:
-            save_checkpoint(ckpt, {
-                "model": state.model.state_dict(), "optimizer": state.optimizer.state_dict(),
-                "scaler": scaler.state_dict(), "plugins": [p.state_dict() for p in plugins],
-                "rng": torch.get_rng_state(), "epoch": state.epoch, "step": state.step, "history": history,
-            })
+            save_checkpoint(ckpt, {**drv.state_dict(), "scaler": scaler.state_dict(), "rng": torch.get_rng_state(),
+                                   "history": history})
         if on_epoch is not None:
             on_epoch(entry)
     return TrainResult(state.model, history, final_metrics(state, method, history, device))

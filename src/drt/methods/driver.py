@@ -1,0 +1,122 @@
+"""Drive a method's hooks from any training loop (ours, a plain PyTorch loop, or Lightning).
+
+    drv = Driver(method, model, lambda groups: torch.optim.SGD(groups, lr=0.1, momentum=0.9),
+                 batches=lambda: iter(loader), epochs=E, steps_per_epoch=len(loader),
+                 input_shape=(1, 28, 28), num_classes=10)
+    for epoch in range(E):
+        for x, y in loader:
+            out = drv.model(x)
+            loss = drv.loss(out, y)       # task loss + regulariser terms
+            drv.optimizer.zero_grad()
+            loss.backward()
+            drv.step()                    # after_backward, optimizer.step(), after_step
+        drv.end_epoch()                   # PCN may swap drv.model and drv.optimizer here
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from drt.methods.base import Method, TrainState
+
+MakeOptimizer = Callable[[list[dict[str, Any]]], torch.optim.Optimizer]
+
+
+class Driver:
+    """Owns the hook order; the caller owns the loop, the data and the optimizer settings."""
+
+    def __init__(self, method: Method, model: nn.Module, make_optimizer: MakeOptimizer, *,
+                 batches: Callable[[], Iterator[tuple[torch.Tensor, torch.Tensor]]] | None,
+                 epochs: int, steps_per_epoch: int, input_shape: tuple[int, ...], num_classes: int,
+                 regularisers: Sequence[Method] = (), weight_decay: float = 0.0,
+                 loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.cross_entropy,
+                 seed: int = 0, device: torch.device | str | None = None, run_dir: Any = None,
+                 setup: bool = True) -> None:
+        self.method, self.plugins = method, [method, *regularisers]
+        self.make_optimizer, self.weight_decay = make_optimizer, weight_decay
+        device = torch.device(device) if device is not None else next(model.parameters()).device
+        self.state = TrainState(model=model.to(device), optimizer=None, loss_fn=loss_fn, device=device,
+                                input_shape=tuple(input_shape), num_classes=num_classes, epochs=epochs,
+                                steps_per_epoch=steps_per_epoch, seed=seed, batches=batches, run_dir=run_dir)
+        if setup:
+            for p in self.plugins:
+                self.state.model = (p.setup(self.state) or self.state.model).to(device)
+            self.rebuild()
+
+    @property
+    def model(self) -> nn.Module:
+        return self.state.model
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        return self.state.optimizer
+
+    def rebuild(self) -> None:
+        """A fresh optimizer over the method's parameter groups; hooks re-attached to the model."""
+        groups = [g for g in self.method.param_groups(self.state.model, self.weight_decay) if g["params"]]
+        self.state.optimizer = self.make_optimizer(groups)
+        for p in self.plugins:
+            p.attach(self.state)
+
+    def extra_loss(self, output: torch.Tensor) -> torch.Tensor | None:
+        """Sum of the plug-ins' extra loss terms for this forward pass (None if none)."""
+        extra = None
+        for p in self.plugins:
+            term = p.extra_loss(self.state, output)
+            if term is not None:
+                extra = term if extra is None else extra + term
+        return extra
+
+    def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Task loss (float32) plus the extra terms."""
+        loss = self.state.loss_fn(output.float(), target)
+        extra = self.extra_loss(output)
+        return loss if extra is None else loss + extra.to(loss.dtype)
+
+    def after_backward(self) -> None:
+        for p in self.plugins:
+            p.after_backward(self.state)
+
+    def after_step(self) -> None:
+        self.state.step += 1
+        for p in self.plugins:
+            p.after_step(self.state)
+
+    def step(self) -> None:
+        """after_backward hooks, ``optimizer.step()``, after_step hooks."""
+        self.after_backward()
+        self.state.optimizer.step()
+        self.after_step()
+
+    def end_epoch(self, metrics: dict[str, Any] | None = None) -> bool:
+        """Epoch-end hooks; returns True when a hook replaced the model (optimizer rebuilt)."""
+        self.state.epoch += 1
+        self.state.metrics = dict(metrics or {})
+        changed = False
+        for p in self.plugins:
+            new = p.epoch_end(self.state)
+            if new is not None:
+                self.state.model = new.to(self.state.device)
+                self.rebuild()
+                changed = True
+        return changed
+
+    def state_dict(self) -> dict[str, Any]:
+        s = self.state
+        return {"model": s.model.state_dict(), "optimizer": s.optimizer.state_dict(),
+                "plugins": [p.state_dict() for p in self.plugins], "epoch": s.epoch, "step": s.step}
+
+    def load_state_dict(self, payload: dict[str, Any]) -> None:
+        """Restore plug-ins (which may rebuild the architecture), weights, optimizer and counters."""
+        s = self.state
+        for p, ps in zip(self.plugins, payload["plugins"], strict=True):
+            s.model = p.load_state_dict(ps, s.model).to(s.device)
+        s.model.load_state_dict(payload["model"])
+        self.rebuild()
+        s.optimizer.load_state_dict(payload["optimizer"])
+        s.epoch, s.step = payload["epoch"], payload["step"]
