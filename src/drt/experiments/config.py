@@ -66,8 +66,13 @@ class RunConfig:
         return to_dict(self)
 
     def run_id(self) -> str:
-        """Content hash of the resolved settings: the run's name in the store and on disk."""
-        blob = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        """Content hash of the resolved settings: the run's name in the store and on disk.
+
+        Where the data set was read from (``data_dir``/``data_root``) is not part of the identity.
+        """
+        d = self.to_dict()
+        d["data"] = {k: v for k, v in d["data"].items() if k not in ("data_dir", "data_root")}
+        blob = json.dumps(d, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def label(self) -> str:

@@ -15,6 +15,10 @@ DEMO_RUNS: list[dict[str, Any]] = [
     {"method": "pcn", "pcn_epoch": "2", "pcn_keep": "0.95"},
     {"method": "snip", "sparsity": 0.9},
     {"method": "synflow", "sparsity": 0.9},
+    {"method": "rigl", "sparsity": 0.9, "delta_t": 50},
+    {"method": "rigl", "sparsity": 0.9, "delta_t": 50, "reg": "cka-sr", "cka_beta": 1e-3},
+    {"method": "imp", "sparsity": 0.9, "imp_rounds": 2, "epochs": 5},
+    {"method": "freezenet", "sparsity": 0.9},
 ]
 SEEDS = (0, 1)
 

@@ -48,6 +48,8 @@ def run(cfg: RunConfig, results_dir: str | Path = "results", *, device: str = "a
     if not (resume and ckpt.exists()):
         ckpt.unlink(missing_ok=True)
         store.start(run_id, cfg.label(), cfg.to_dict(), environment(dev))
+    elif not store.mark_running(run_id):
+        store.start(run_id, cfg.label(), cfg.to_dict(), environment(dev))
     augment = data.augment if cfg.data.augment == "auto" else cfg.data.augment
     try:
         result = train(model, data, cfg.train, method, regs, device=dev, augment=augment, checkpoint=ckpt,

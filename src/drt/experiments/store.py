@@ -64,6 +64,12 @@ class Store:
                 (run_id, label, "running", config["model"]["model"], config["data"]["dataset"], config["method"],
                  config["train"]["seed"], json.dumps(config), json.dumps(env), now, now))
 
+    def mark_running(self, run_id: str) -> bool:
+        """Set a resumed run back to ``running``; False if the store has no such run."""
+        with self._conn() as c:
+            cur = c.execute("UPDATE runs SET status='running', error=NULL, updated=? WHERE id=?", (time.time(), run_id))
+        return cur.rowcount == 1
+
     def add_epoch(self, run_id: str, metrics: dict[str, Any]) -> None:
         with self._conn() as c:
             c.execute("INSERT OR REPLACE INTO epochs VALUES (?,?,?)", (run_id, metrics["epoch"], json.dumps(metrics)))

@@ -2,5 +2,6 @@
 
 from drt.methods import cka_sr, dense, dst, freeze, lottery, pcn, prune_at_init  # noqa: F401  (registers)
 from drt.methods.base import METHODS, REGULARISERS, Method, NoOptions, TrainState
+from drt.methods.driver import Driver
 
-__all__ = ["METHODS", "REGULARISERS", "Method", "NoOptions", "TrainState"]
+__all__ = ["METHODS", "REGULARISERS", "Driver", "Method", "NoOptions", "TrainState"]

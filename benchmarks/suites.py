@@ -1,0 +1,56 @@
+"""Named benchmark suites: lists of run settings (flat, as `drt train` flags / YAML keys).
+
+Runs go through drt's own runner into benchmarks/results/drt.sqlite, so a suite is resumable:
+finished runs are skipped and a killed run continues from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+CIFAR = {"dataset": "cifar10", "batch_size": 128, "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4,
+         "schedule": "cosine"}
+FMNIST = {"dataset": "fashion-mnist", "model": "lenet5", "epochs": 15, "batch_size": 128, "lr": 0.05,
+          "weight_decay": 5e-4, "schedule": "cosine"}
+SPARSE_METHODS: list[dict[str, Any]] = [
+    {"method": "random"}, {"method": "snip"}, {"method": "grasp"}, {"method": "synflow"},
+    {"method": "set"}, {"method": "rigl"}, {"method": "granet"},
+    {"method": "imp", "imp_rounds": 4}, {"method": "freezenet"},
+]
+PCN_VGG = {"method": "pcn", "pcn_epoch": "2", "pcn_keep": "0.99"}
+
+
+def _grid(base: dict[str, Any], variants: list[dict[str, Any]], seeds: tuple[int, ...]) -> list[dict[str, Any]]:
+    return [{**base, **v, "seed": s} for v in variants for s in seeds]
+
+
+def _sparse(base: dict[str, Any], seeds: tuple[int, ...]) -> list[dict[str, Any]]:
+    runs = _grid(base, [{"method": "dense"}], seeds)
+    for sparsity in (0.9, 0.98):
+        runs += _grid(base, [{**m, "sparsity": sparsity} for m in SPARSE_METHODS], seeds)
+    return runs
+
+
+SUITES: dict[str, list[dict[str, Any]]] = {
+    # issue 3: dense vs PCN
+    "pcn-vgg11": _grid({**CIFAR, "model": "vgg11", "epochs": 15}, [{"method": "dense"}, PCN_VGG], (0,)),
+    "pcn-resnet20": _grid({**CIFAR, "model": "resnet20", "epochs": 15},
+                          [{"method": "dense"}, {"method": "pcn", "pcn_epoch": "2", "pcn_keep": "0.99"}], (0,)),
+    "pcn-resnet20w64": _grid({**CIFAR, "model": "resnet20", "width": 64, "epochs": 5, "subset": 10000},
+                             [{"method": "dense"}, {"method": "pcn", "pcn_epoch": "1", "pcn_keep": "0.99"}], (0,)),
+    "pcn-fmnist": _grid(FMNIST, [{"method": "dense"}, {"method": "pcn", "pcn_epoch": "2", "pcn_keep": "0.99"},
+                                 {"method": "pcn", "pcn_epoch": "2", "pcn_keep": "0.99", "pcn_output": True}],
+                        (0, 1)),
+    # issue 4: every sparse family at 90% and 98%
+    "sparse-cifar": _sparse({**CIFAR, "model": "resnet20", "epochs": 8, "subset": 10000}, (0, 1)),
+    "sparse-fmnist": _sparse(FMNIST, (0, 1)),
+    "sparse-own-settings": _grid({**CIFAR, "model": "resnet20", "epochs": 8, "subset": 10000},
+                                 [{"method": "earlybird", "eb_ratio": 0.5}, {"method": "bn-only"}], (0, 1)),
+    # issue 5: the CKA-SR reference experiment at a CPU budget
+    "cka-sr": _grid({**CIFAR, "model": "resnet20", "epochs": 10, "subset": 20000, "method": "random",
+                     "distribution": "erk"},
+                    [{"sparsity": s, **r} for s in (0.9, 0.95)
+                     for r in ({}, {"reg": "cka-sr", "cka_beta": 1e-4})], (0, 1, 2)),
+    # the demo's data set, for a quick check of the whole pipeline
+    "smoke": _grid({"dataset": "mnist5k", "model": "lenet5", "epochs": 2}, [{"method": "dense"}], (0,)),
+}
