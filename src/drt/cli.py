@@ -110,7 +110,8 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from drt.experiments.demo import demo
 
-    demo(args.results_dir, device=args.device, epochs=args.epochs, progress=not args.no_progress)
+    demo(args.results_dir, device=args.device, epochs=args.epochs,
+         progress=not args.no_progress and sys.stderr.isatty())
     return 0
 
 
