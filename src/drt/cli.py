@@ -71,9 +71,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = config_mod.make_config(values)
     metrics = run(cfg, args.results_dir, device=args.device, force=args.force, resume=args.resume,
                   progress=not args.no_progress and sys.stderr.isatty())
-    from drt.experiments.table import format_table, summary_row
+    from drt.experiments.table import format_table, method_lines, summary_row
 
     print(format_table([summary_row(cfg.label(), metrics)]))
+    for line in method_lines(metrics):
+        print(line)
     print(f"run {metrics['run_id']} recorded in {Path(args.results_dir) / 'drt.sqlite'}")
     return 0
 

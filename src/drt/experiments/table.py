@@ -11,6 +11,7 @@ def summary_row(label: str, m: dict[str, Any]) -> dict[str, Any]:
         "test acc %": f"{100 * m['test_acc']:.2f}",
         "trainable": m["params_trainable"],
         "total params": m["params_total"],
+        "stored": m["params_stored"],
         "MFLOPs/sample": f"{m['flops'] / 1e6:.3f}",
         "eff. MFLOPs": f"{m['flops_effective'] / 1e6:.3f}",
         "ms/step": f"{1000 * m['step_time']:.2f}",
@@ -29,3 +30,26 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     lines = [fmt.format(*cols), fmt.format(*("-" * w for w in widths))]
     lines += [fmt.format(*row) for row in cells]
     return "\n".join(lines)
+
+
+def method_lines(m: dict[str, Any]) -> list[str]:
+    """What the method did, in words: sparsity target vs achieved per layer, PCN ks, frozen counts."""
+    lines = []
+    if "sparsity_target" in m:
+        fired = ", ".join(m.get("guard_fired") or []) or "no"
+        lines.append(f"sparsity over conv+linear weights ({m['prunable_params']:,}): target {m['sparsity_target']:.4f}, "
+                     f"achieved {m['sparsity_achieved']:.4f}; layer-collapse guard fired: {fired}")
+        rows = [{"tensor": r["name"], "numel": r["numel"], "kept": r["kept"],
+                 "target density": "-" if r["target"] is None else f"{r['target']:.4f}",
+                 "achieved density": f"{r['achieved']:.4f}"} for r in m.get("layers", [])]
+        if rows:
+            lines.append(format_table(rows))
+    if "exploration_rate" in m:
+        lines.append(f"exploration rate (weights ever active): {m['exploration_rate']:.4f}")
+    if m.get("pcn_layers"):
+        ks = ", ".join(f"{n} {v['k']}/{v['d']}" for n, v in m["pcn_layers"].items())
+        lines.append(f"PCN transform after epoch {m['pcn_epoch']}: trainable {m['params_before_pcn']:,} -> "
+                     f"{m['params_trainable']:,}; frozen basis numbers {m['params_frozen']:,}; k/d: {ks}")
+    if m.get("params_frozen") and not m.get("pcn_layers"):
+        lines.append(f"frozen (kept at init, never trained): {m['params_frozen']:,} of {m['params_total']:,}")
+    return lines
