@@ -37,7 +37,8 @@ def method_lines(m: dict[str, Any]) -> list[str]:
     lines = []
     if "sparsity_target" in m:
         fired = ", ".join(m.get("guard_fired") or []) or "no"
-        lines.append(f"sparsity over conv+linear weights ({m['prunable_params']:,}): target {m['sparsity_target']:.4f}, "
+        lines.append(f"sparsity over conv+linear weights ({m['prunable_params']:,}): "
+                     f"target {m['sparsity_target']:.4f}, "
                      f"achieved {m['sparsity_achieved']:.4f}; layer-collapse guard fired: {fired}")
         rows = [{"tensor": r["name"], "numel": r["numel"], "kept": r["kept"],
                  "target density": "-" if r["target"] is None else f"{r['target']:.4f}",
