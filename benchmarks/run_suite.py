@@ -14,6 +14,7 @@ import time
 from common import RESULTS, data_root
 from suites import SUITES
 
+from drt.errors import DrtError
 from drt.experiments.config import make_config
 from drt.experiments.runner import run
 
@@ -31,7 +32,11 @@ def main() -> None:
                 return
             needs_dir = values["dataset"] in ("cifar10", "fashion-mnist", "mnist")
             cfg = make_config({**values, "data_root": str(data_root())} if needs_dir else values)
-            m = run(cfg, RESULTS, resume=True)
+            try:
+                m = run(cfg, RESULTS, resume=True)
+            except DrtError as e:  # e.g. the same run is being trained by another suite process
+                print(f"[{name}] {cfg.label()}: skipped: {e}", flush=True)
+                continue
             took = "skipped (done)" if m["skipped"] else f"{m['train_time']:.0f} s"
             print(f"[{name}] {cfg.label()}: test acc {m['test_acc']:.4f}, trainable {m['params_trainable']}, {took}",
                   flush=True)

@@ -121,3 +121,31 @@ def test_resume_from_corrupted_checkpoint(capsys, results):
     code, _, err = run_cli(capsys, *argv, "--resume", "--force")
     assert code == 2 and "corrupted or truncated" in err and len(err.strip().splitlines()) == 1
     assert model.read_bytes() == saved  # earlier results intact
+
+
+def test_a_run_busy_in_another_live_process_is_not_trained_twice(results):
+    import subprocess
+    import sys
+
+    from drt.errors import DrtError
+    from drt.experiments.config import make_config
+    from drt.experiments.runner import run
+    from drt.experiments.store import Store
+
+    cfg = make_config({"dataset": "digits", "model": "mlp", "hidden": (8,), "epochs": 1})
+    store = Store(results / "drt.sqlite")
+    store.start(cfg.run_id(), cfg.label(), cfg.to_dict(), {})
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        import socket
+
+        with store._conn() as c:
+            c.execute("UPDATE runs SET owner=? WHERE id=?", (f"{socket.gethostname()}:{other.pid}", cfg.run_id()))
+        with pytest.raises(DrtError, match="is being trained by process"):
+            run(cfg, results, log=lambda *_: None)
+    finally:
+        other.kill()
+        other.wait()
+    # the owner is gone (killed run): the run is taken over and finished, once
+    assert not run(cfg, results, log=lambda *_: None)["skipped"]
+    assert [r["status"] for r in store.runs()] == ["done"]

@@ -32,6 +32,9 @@ def run(cfg: RunConfig, results_dir: str | Path = "results", *, device: str = "a
     if store.status(run_id) == "done" and not force:
         log(f"{cfg.label()}: already done (run {run_id}); use --force to re-run")
         return {**store.run(run_id)["metrics"], "run_id": run_id, "skipped": True}
+    busy = store.claim(run_id)
+    if busy:
+        raise DrtError(f"run {run_id} ({cfg.label()}) is being trained by process {busy}; wait for it or stop it")
     dev = resolve_device(device)
     run_dir = results_dir / "runs" / run_id
     ckpt = run_dir / "checkpoint.pt"

@@ -10,6 +10,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
+import socket
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -21,12 +23,31 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     id TEXT PRIMARY KEY, label TEXT, status TEXT NOT NULL, model TEXT, dataset TEXT, method TEXT,
     seed INTEGER, config TEXT NOT NULL, env TEXT, metrics TEXT, error TEXT,
-    created REAL, updated REAL
+    created REAL, updated REAL, owner TEXT
 );
 CREATE TABLE IF NOT EXISTS epochs (
     run_id TEXT NOT NULL, epoch INTEGER NOT NULL, metrics TEXT NOT NULL, PRIMARY KEY (run_id, epoch)
 );
 """
+
+
+def owner() -> str:
+    """This process, as ``host:pid``."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def alive(owner: str) -> bool:
+    """Whether ``host:pid`` names a live process (other hosts are assumed alive)."""
+    host, _, pid = owner.rpartition(":")
+    if host != socket.gethostname():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except (ProcessLookupError, ValueError):
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class Store:
@@ -38,6 +59,8 @@ class Store:
         with self._conn() as c:
             c.execute("PRAGMA journal_mode=WAL")
             c.executescript(SCHEMA)
+            if "owner" not in {r["name"] for r in c.execute("PRAGMA table_info(runs)")}:
+                c.execute("ALTER TABLE runs ADD COLUMN owner TEXT")
 
     @contextmanager
     def _conn(self) -> Iterator[sqlite3.Connection]:
@@ -54,15 +77,31 @@ class Store:
             row = c.execute("SELECT status FROM runs WHERE id=?", (run_id,)).fetchone()
         return row["status"] if row else None
 
+    def claim(self, run_id: str) -> str | None:
+        """Take the run for this process unless a live process on this host already runs it.
+
+        Returns the other owner (``host:pid``) if the run is busy, else None. Atomic across
+        processes (one write transaction), so two workers never train the same run at once.
+        """
+        with self._conn() as c:
+            c.execute("BEGIN IMMEDIATE")
+            row = c.execute("SELECT status, owner FROM runs WHERE id=?", (run_id,)).fetchone()
+            me = owner()
+            if row and row["status"] == "running" and row["owner"] and row["owner"] != me and alive(row["owner"]):
+                return row["owner"]
+            if row:
+                c.execute("UPDATE runs SET owner=? WHERE id=?", (me, run_id))
+        return None
+
     def start(self, run_id: str, label: str, config: dict[str, Any], env: dict[str, Any]) -> None:
         now = time.time()
         with self._conn() as c:
             c.execute("DELETE FROM epochs WHERE run_id=?", (run_id,))
             c.execute(
                 "INSERT OR REPLACE INTO runs (id, label, status, model, dataset, method, seed, config, env,"
-                " metrics, error, created, updated) VALUES (?,?,?,?,?,?,?,?,?,NULL,NULL,?,?)",
+                " metrics, error, created, updated, owner) VALUES (?,?,?,?,?,?,?,?,?,NULL,NULL,?,?,?)",
                 (run_id, label, "running", config["model"]["model"], config["data"]["dataset"], config["method"],
-                 config["train"]["seed"], json.dumps(config), json.dumps(env), now, now))
+                 config["train"]["seed"], json.dumps(config), json.dumps(env), now, now, owner()))
 
     def mark_running(self, run_id: str) -> bool:
         """Set a resumed run back to ``running``; False if the store has no such run."""
