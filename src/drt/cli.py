@@ -57,6 +57,10 @@ def make_parser() -> Parser:
     p = sub.add_parser("demo", help="the main job on the embedded mnist5k data set")
     add_run_flags(p)
     p.add_argument("--epochs", type=int, default=None, help="override the demo's epochs")
+
+    from drt.experiments.analyze import add_analyze_parser
+
+    add_analyze_parser(sub)
     return parser
 
 
@@ -120,7 +124,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     try:
         args = make_parser().parse_args(argv)
-        return {"train": cmd_train, "list": cmd_list, "demo": cmd_demo}[args.command](args)
+        from drt.experiments.analyze import cmd_analyze
+
+        commands = {"train": cmd_train, "list": cmd_list, "demo": cmd_demo, "analyze": cmd_analyze}
+        return commands[args.command](args)
     except DrtError as e:
         print(f"drt: error: {e}", file=sys.stderr)
         return 2

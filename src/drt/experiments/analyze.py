@@ -1,0 +1,534 @@
+"""``drt analyze``: rebuild a stored run's model exactly; PCN spectra of its layers, static and over training.
+
+Spectra as in Principal Component Networks (Waleffe & Rekatsinas 2020): eigenvalues of each layer's
+input covariance (eval mode, un-augmented training samples), k at cumulative explained-variance
+thresholds, the subspace overlap ||V_a^T V_b||_F^2 / k between consecutive epochs, and test accuracy
+right after the transform (no further training) versus k. CKA heatmaps live in ``analyze_cka``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from drt.analysis.cost import forward_flops, param_counts
+from drt.analysis.pca import explained_variance, k_explained
+from drt.data import Dataset, TensorLoader, load
+from drt.errors import DrtError
+from drt.experiments.config import DataConfig, ModelConfig, RunConfig, make_config
+from drt.experiments.env import resolve_device
+from drt.experiments.runner import STORE_NAME
+from drt.experiments.store import Store, to_csv
+from drt.methods import METHODS, REGULARISERS, Method, TrainState
+from drt.methods.dense import Dense
+from drt.models import create
+from drt.options import build
+from drt.pcn import PCNStats, collect, compress, expand, pcn_layers, rebuild, subspace_overlaps
+from drt.pcn.spec import FORMAT
+from drt.train import train
+from drt.train.checkpoint import load_checkpoint
+from drt.train.loop import evaluate
+
+THRESHOLDS = (0.9, 0.99, 0.999)
+KEEPS: tuple[str | float, ...] = (0.8, 0.9, 0.95, 0.99, 0.999, "all")
+STATS_BATCH = 256
+
+
+# --- loading a run's model exactly ---------------------------------------------------------------
+
+def results_dir_default() -> str:
+    return os.environ.get("DRT_RESULTS_DIR", "results")
+
+
+def resolve_run(results_dir: str | Path, run: str) -> dict[str, Any]:
+    """The store row of run ``run`` (a full id or a unique prefix); DrtError listing known ids otherwise."""
+    path = Path(results_dir) / STORE_NAME
+    if not path.exists():
+        raise DrtError(f"no results store at {path}; train something first or pass --results-dir")
+    runs = Store(path).runs()
+    hits = [r for r in runs if r["id"] == run] or [r for r in runs if r["id"].startswith(run)]
+    if not hits:
+        known = ", ".join(r["id"] for r in runs[-5:]) or "none"
+        raise DrtError(f"unknown run {run!r} in {path}; known runs include: {known}")
+    if len(hits) > 1:
+        raise DrtError(f"run prefix {run!r} is ambiguous: matches {', '.join(r['id'] for r in hits[:5])}")
+    return hits[0]
+
+
+def config_from_dict(d: dict[str, Any], **data_overrides: str | None) -> RunConfig:
+    """The ``RunConfig`` of a stored ``cfg.to_dict()``; non-None ``data_overrides`` (data_dir, data_root) win."""
+    flat = {**d["data"], **d["model"], **d["train"], "method": d["method"], "reg": list(d.get("reg") or [])}
+    flat.update(d.get("method_options") or {})
+    for o in d.get("reg_options") or []:
+        flat.update(o)
+    flat.update({k: v for k, v in data_overrides.items() if v is not None})
+    return make_config(flat)
+
+
+def load_data(data: DataConfig) -> Dataset:
+    """The data set exactly as the runner loads it for these settings."""
+    return load(data.dataset, data_dir=data.data_dir, data_root=data.data_root, val_size=data.val_size,
+                subset=data.subset, image_size=data.image_size)
+
+
+def _fresh(model: ModelConfig, data: Dataset) -> nn.Module:
+    with torch.random.fork_rng(devices=[]):  # the weights are loaded next; leave the caller's RNG alone
+        return create(model.model, data.input_shape, data.num_classes, **model.options())
+
+
+def _load_state(model: nn.Module, state: dict[str, Any], where: Path) -> nn.Module:
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        lines = str(e).splitlines()
+        detail = (lines[1] if len(lines) > 1 else lines[0]).strip().rstrip(", .")[:160]
+        raise DrtError(f"weights in {where} do not fit the model ({detail}); a PCN-transformed model needs a "
+                       "checkpoint carrying its spec") from None
+    return model
+
+
+def load_run_model(results_dir: str | Path, run: str, *, checkpoint: bool = False, data_dir: str | None = None,
+                   data_root: str | None = None) -> tuple[nn.Module, RunConfig, Dataset]:
+    """(model in eval mode on CPU, config, data set) of a stored run: its final ``model.pt``, or with
+    ``checkpoint`` the last ``checkpoint.pt``. The architecture is rebuilt by the run's plug-ins from the
+    checkpoint (a PCN run's transformed layers); ``data_dir``/``data_root`` override where data is read."""
+    row = resolve_run(results_dir, run)
+    cfg = config_from_dict(row["config"], data_dir=data_dir, data_root=data_root)
+    run_dir = Path(results_dir) / "runs" / row["id"]
+    data = load_data(cfg.data)
+    model = _fresh(cfg.model, data)
+    ckpt = run_dir / "checkpoint.pt"
+    payload = load_checkpoint(ckpt) if ckpt.exists() else None
+    if payload is not None:
+        plugins = [METHODS.get(cfg.method)(cfg.method_options)]
+        plugins += [REGULARISERS.get(r)(o) for r, o in zip(cfg.reg, cfg.reg_options, strict=True)]
+        for p, ps in zip(plugins, payload["plugins"], strict=True):
+            model = p.load_state_dict(ps, model)
+    if checkpoint:
+        if payload is None:
+            raise DrtError(f"run {row['id']} has no checkpoint at {ckpt}")
+        return _load_state(model, payload["model"], ckpt).eval(), cfg, data
+    final = run_dir / "model.pt"
+    if not final.exists():
+        raise DrtError(f"run {row['id']} ({row['status']}) has no final model at {final}; "
+                       "analyse its last checkpoint instead (--use-checkpoint)")
+    return _load_state(model, torch.load(final, map_location="cpu", weights_only=True), final).eval(), cfg, data
+
+
+def _find_spec(payload: dict[str, Any]) -> dict[str, Any] | None:
+    found = [payload.get("spec"), payload.get("pcn_spec")]
+    found += [ps.get("spec") for ps in payload.get("plugins", []) if isinstance(ps, dict)]
+    for s in found:
+        if isinstance(s, str):
+            try:
+                s = json.loads(s)
+            except ValueError:
+                continue
+        if isinstance(s, dict) and s.get("format") == FORMAT:
+            return s
+    return None
+
+
+def load_checkpoint_model(path: str | Path, model_name: str, dataset: str, *,
+                          model_options: dict[str, Any] | None = None, **data: Any) -> tuple[nn.Module, Dataset]:
+    """(model in eval mode, data set) from a bare file: a plain state dict, a drt ``checkpoint.pt``, or
+    ``{"model": state, "spec": pcn_spec}``; a PCN spec found in it rebuilds the transformed layers.
+    ``data``: DataConfig settings (data_dir, data_root, subset, val_size, image_size)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DrtError(f"no checkpoint at {path}")
+    dcfg = build(DataConfig, {"dataset": dataset, **{k: v for k, v in data.items() if v is not None}}, "data")
+    opts = {k: v for k, v in (model_options or {}).items() if v is not None}
+    mcfg = build(ModelConfig, {"model": model_name, **opts}, "model")
+    ds = load_data(dcfg)
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for damaged or foreign files
+        raise DrtError(f"cannot read checkpoint {path} ({type(e).__name__}); expected a torch state dict") from None
+    if not isinstance(payload, dict):
+        raise DrtError(f"checkpoint {path} holds a {type(payload).__name__}, not a state dict")
+    model = _fresh(mcfg, ds)
+    spec = _find_spec(payload)
+    if spec is not None:
+        model = rebuild(model, spec)
+    state = payload["model"] if isinstance(payload.get("model"), dict) else payload
+    return _load_state(model, state, path).eval(), ds
+
+
+# --- spectra of one model ------------------------------------------------------------------------
+
+def stats_batches(data: Dataset, seed: int, device: torch.device | str = "cpu") -> TensorLoader:
+    """Un-augmented training batches in the order PCN's statistics use (``seed + 1``, as the trainer)."""
+    return TensorLoader(data.x_train, data.y_train, STATS_BATCH, shuffle=True, seed=seed + 1, device=device)
+
+
+def model_stats(model: nn.Module, batches: Any, samples: int) -> PCNStats:
+    """Input statistics of every Linear/Conv layer, the first included (PCN layers expanded: same inputs)."""
+    plain = expand(model) if pcn_layers(model) else model
+    return collect(plain, batches, max_samples=samples, exclude_first=False)
+
+
+def _tag(t: float) -> str:
+    return f"{t:g}"
+
+
+def spectra_rows(model: nn.Module, stats: PCNStats, thresholds: Sequence[float]) -> list[dict[str, Any]]:
+    """Per layer: width d, current k and trainable parameters, k and parameters kept at each threshold.
+
+    Parameters of a layer on k components: out * (k * kernel taps + 1) (the PCN layer always has a bias).
+    """
+    pcn = pcn_layers(model)
+    rows = []
+    for name in stats.layers:
+        layer = model.get_submodule(name)
+        out, taps = layer.weight.shape[0], math.prod(layer.weight.shape[2:])
+        d, vals = stats.dim(name), stats.eigvals(name)
+        row: dict[str, Any] = {"layer": name, "d": d, "k_now": int(pcn[name].k) if name in pcn else d,
+                               "params_now": sum(p.numel() for p in layer.parameters() if p.requires_grad)}
+        ks = {t: k_explained(vals, t, name) for t in thresholds}
+        row.update({f"k@{_tag(t)}": k for t, k in ks.items()})
+        row.update({f"params@{_tag(t)}": out * (k * taps + 1) for t, k in ks.items()})
+        row["note"] = ("reads the input (not transformed by default)" if name in stats.first else
+                       f"shares the basis of {stats.key(name)}" if stats.key(name) != name else "")
+        rows.append(row)
+    return rows
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    """A pipe table of ``rows`` (columns of the first row; floats to 4 decimals, None blank)."""
+    def cell(v: Any) -> str:
+        return "" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)
+
+    cols = list(rows[0]) if rows else []
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    return "\n".join(lines + ["| " + " | ".join(cell(r.get(c)) for c in cols) + " |" for r in rows])
+
+
+def write_table(rows: list[dict[str, Any]], out: Path, stem: str, heading: str) -> list[Path]:
+    """``<stem>.md`` (heading + pipe table) and ``<stem>.csv``."""
+    md, csv = out / f"{stem}.md", out / f"{stem}.csv"
+    md.write_text(f"{heading}\n\n{markdown(rows)}\n")
+    csv.write_text(to_csv(rows))
+    return [md, csv]
+
+
+def plot(path: Path, panels: list[dict[str, Any]], title: str = "") -> Path:
+    """PNG of side-by-side line panels: each {series: {label: (xs, ys)}, xlabel, ylabel, title, logx, logy,
+    hlines, ylim, xint (integer x ticks)}. Matplotlib's Figure API (Agg), no pyplot state."""
+    from matplotlib import colormaps
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    fig = Figure(figsize=(5.2 * len(panels), 4.2), layout="constrained")
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, p in zip(axes, panels, strict=True):
+        n = len(p["series"])
+        colors = [colormaps["viridis"](i / max(n - 1, 1)) for i in range(n)] if n > 10 else [None] * n
+        for (label, (xs, ys)), c in zip(p["series"].items(), colors, strict=True):
+            ax.plot(xs, ys, marker="o" if len(xs) <= 12 else None, ms=3, lw=1.2, label=label, color=c)
+        for y in p.get("hlines", ()):
+            ax.axhline(y, ls="--", lw=0.8, color="grey")
+        ax.set(xlabel=p["xlabel"], ylabel=p["ylabel"], title=p.get("title", ""))
+        if p.get("logx"):
+            ax.set_xscale("log")
+        if p.get("logy"):
+            ax.set_yscale("log")
+        if p.get("xint"):
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if p.get("ylim"):
+            ax.set_ylim(*p["ylim"])
+        ax.grid(alpha=0.3)
+        if n:
+            ax.legend(fontsize=6 if n > 8 else 8, ncol=2 if n > 12 else 1)
+    if title:
+        fig.suptitle(title)
+    fig.savefig(path, dpi=110, format="png")
+    return path
+
+
+def write_spectra(out: Path, model: nn.Module, stats: PCNStats, thresholds: Sequence[float],
+                  title: str) -> list[Path]:
+    """spectra.png, explained_variance.png, spectra.md/.csv (per-layer k and parameters), spectra.json."""
+    out.mkdir(parents=True, exist_ok=True)
+    bases = [n for n in stats.layers if stats.key(n) == n]
+    vals = {n: stats.eigvals(n).tolist() for n in bases}
+    floor = 1e-12 * max((v[0] for v in vals.values() if v), default=1.0) or 1e-30  # below: float64 round-off
+    spectra = {n: (list(range(1, len(v) + 1)), [max(x, floor) for x in v]) for n, v in vals.items()}
+    curves = {n: (list(range(1, len(v) + 1)), explained_variance(stats.eigvals(n)).tolist()) for n, v in vals.items()}
+    eig_panel = {"series": spectra, "xlabel": "component", "ylabel": "eigenvalue (floor 1e-12 x largest)",
+                 "title": "input covariance spectra", "logy": True}
+    ev_panel = {"series": curves, "xlabel": "k (components)", "logx": True, "hlines": thresholds,
+                "ylabel": "cumulative explained variance", "title": "explained variance vs k"}
+    files = [plot(out / "spectra.png", [eig_panel], title), plot(out / "explained_variance.png", [ev_panel], title)]
+    rows = spectra_rows(model, stats, thresholds)
+    files += write_table(rows, out, "spectra", f"# PCN spectra: {title}\n\nStatistics of each layer's input "
+                         f"on {stats.samples} un-augmented training samples (eval mode). k@t: smallest k explaining "
+                         "a fraction t of the variance; params@t: trainable weights + biases of the layer on k "
+                         "components (out * (k * taps + 1)); params_now: the layer's trainable parameters now.")
+    (out / "spectra.json").write_text(json.dumps({"samples": stats.samples, "eigenvalues": vals}))
+    return [*files, out / "spectra.json"]
+
+
+def analyze_spectra(model: nn.Module, data: Dataset, out: str | Path, *, samples: int = 5000,
+                    thresholds: Sequence[float] = THRESHOLDS, seed: int = 0, title: str = "") -> dict[str, Any]:
+    """Spectra of ``model``'s layers on ``samples`` un-augmented training samples, written to ``out``."""
+    device = next(model.parameters()).device
+    stats = model_stats(model, stats_batches(data, seed, device), samples)
+    files = write_spectra(Path(out), model, stats, thresholds, title)
+    return {"rows": spectra_rows(model, stats, thresholds), "stats": stats, "files": files}
+
+
+# --- over training --------------------------------------------------------------------------------
+
+def accuracy_vs_k(model: nn.Module, stats: PCNStats, keeps: Sequence[Any], data: Dataset,
+                  device: torch.device, batch_size: int = 1000) -> list[dict[str, Any]]:
+    """Test accuracy right after ``compress(model, stats, keep)`` (no training) per keep rule, plus dense."""
+    rows = []
+    shape = tuple(data.input_shape)
+    for keep in ["dense", *keeps]:
+        small = model if keep == "dense" else compress(model, stats, keep=keep)
+        counts = param_counts(small)
+        _, acc = evaluate(small, data.x_test, data.y_test, batch_size, device)
+        rows.append({"keep": str(keep), "params_trainable": counts["trainable"], "params_frozen": counts["frozen"],
+                     "flops": forward_flops(small, shape, device), "test_acc": acc})
+    return rows
+
+
+class SpectraTracker(Method):
+    """Plug-in (regulariser slot) that records PCN statistics at every epoch end; never changes training.
+
+    ``history``: per epoch and layer d, eigenvalues, k at ``thresholds`` and the subspace overlap with the
+    previous epoch (k from ``overlap_keep``). ``accuracy``: ``accuracy_vs_k`` rows at ``eval_epochs``.
+    """
+
+    def __init__(self, data: Dataset, *, samples: int = 1000, thresholds: Sequence[float] = THRESHOLDS,
+                 overlap_keep: float = 0.99, eval_epochs: Sequence[int] = (), keeps: Sequence[Any] = KEEPS) -> None:
+        super().__init__()
+        self.data, self.samples, self.thresholds, self.overlap_keep = data, samples, tuple(thresholds), overlap_keep
+        self.eval_epochs, self.keeps = set(eval_epochs), list(keeps)
+        self.history: list[dict[str, Any]] = []
+        self.accuracy: list[dict[str, Any]] = []
+        self.stats: PCNStats | None = None
+
+    def epoch_end(self, state: TrainState) -> None:
+        stats = model_stats(state.model, state.batches(), self.samples)
+        overlaps = subspace_overlaps(self.stats, stats, self.overlap_keep) if self.stats is not None else {}
+        for name in stats.layers:
+            vals = stats.eigvals(name)
+            self.history.append({"epoch": state.epoch, "layer": name, "d": stats.dim(name),
+                                 **{f"k@{_tag(t)}": k_explained(vals, t, name) for t in self.thresholds},
+                                 "overlap": overlaps.get(name), "eigenvalues": vals.tolist()})
+        if state.epoch in self.eval_epochs:
+            rows = accuracy_vs_k(state.model, stats, self.keeps, self.data, state.device)
+            self.accuracy += [{"epoch": state.epoch, **r} for r in rows]
+        self.stats = stats
+
+
+def track_spectra(cfg: RunConfig, out: str | Path, *, samples: int = 1000, thresholds: Sequence[float] = THRESHOLDS,
+                  overlap_keep: float = 0.99, at_epochs: Sequence[int] | None = None, keeps: Sequence[Any] = KEEPS,
+                  device: str = "cpu", progress: bool = False) -> dict[str, Any]:
+    """Train ``cfg`` dense (as the runner would, not stored) with a ``SpectraTracker``; write plots and tables.
+
+    ``at_epochs``: epochs after which accuracy versus k is measured (default: the last).
+    """
+    if cfg.method != "dense" or cfg.reg:
+        raise DrtError(f"spectra tracking trains the dense model; drop method {cfg.method!r} / regularisers")
+    bad = [k for k in [overlap_keep, *thresholds] if isinstance(k, bool) or not 0 < k <= 1]
+    bad += [k for k in keeps if k != "all" and (isinstance(k, bool) or not isinstance(k, int | float) or k <= 0
+                                                or (isinstance(k, float) and k > 1))]
+    if bad:
+        raise DrtError(f"invalid keep rule / threshold {bad[0]!r}: use 'all', an int k >= 1 or a fraction in (0, 1]")
+    epochs = cfg.train.epochs
+    at = sorted(set(at_epochs or [epochs]))
+    if any(not 1 <= e <= epochs for e in at):
+        raise DrtError(f"--at-epoch values must be in 1..{epochs}; got {', '.join(map(str, at))}")
+    data = load_data(cfg.data)
+    torch.manual_seed(cfg.train.seed)
+    model = create(cfg.model.model, data.input_shape, data.num_classes, **cfg.model.options())
+    tracker = SpectraTracker(data, samples=samples, thresholds=thresholds, overlap_keep=overlap_keep,
+                             eval_epochs=at, keeps=keeps)
+    augment = data.augment if cfg.data.augment == "auto" else cfg.data.augment
+    result = train(model, data, cfg.train, Dense(), [tracker], device=resolve_device(device), augment=augment,
+                   progress=progress)
+    return write_tracking(Path(out), cfg, tracker, result.model, result.history)
+
+
+def write_tracking(out: Path, cfg: RunConfig, tracker: SpectraTracker, model: nn.Module,
+                   history: list[dict[str, Any]]) -> dict[str, Any]:
+    """k_vs_epoch.png, overlap_vs_epoch.png, accuracy_vs_params.png, tracking.md/csv/json, accuracy_vs_k.md/csv,
+    and the final epoch's spectra."""
+    out.mkdir(parents=True, exist_ok=True)
+    title, ths, ov = cfg.label(), tracker.thresholds, _tag(tracker.overlap_keep)
+    rows = [{k: v for k, v in h.items() if k != "eigenvalues"} for h in tracker.history]
+    layers = list(dict.fromkeys(r["layer"] for r in rows))
+
+    def series(key: str) -> dict[str, tuple[list[int], list[float]]]:
+        pts = {n: [(r["epoch"], r[key]) for r in rows if r["layer"] == n and r[key] is not None] for n in layers}
+        return {n: ([e for e, _ in p], [v for _, v in p]) for n, p in pts.items() if p}
+
+    k_panels = [{"series": series(f"k@{_tag(t)}"), "xlabel": "epoch", "ylabel": "k", "xint": True,
+                 "title": f"k at {_tag(t)} explained variance"} for t in ths]
+    overlap = {"series": series("overlap"), "xlabel": "epoch", "ylabel": "||Va^T Vb||_F^2 / k", "xint": True,
+               "ylim": (0, 1.02), "title": f"subspace overlap with the previous epoch (k at {ov})"}
+    files = [plot(out / "k_vs_epoch.png", k_panels, title), plot(out / "overlap_vs_epoch.png", [overlap], title)]
+    files += write_table(rows, out, "tracking", f"# PCN spectra over training: {title}\n\nPer epoch and layer: "
+                         f"k at each explained-variance threshold and the overlap ||Va^T Vb||_F^2 / k with the "
+                         f"previous epoch's top-k subspace (k at {ov}; 1 = settled, k/d = random), from "
+                         f"{tracker.samples} un-augmented training samples (blank: first epoch, or a layer "
+                         "sharing another layer's basis).")
+    (out / "tracking.json").write_text(json.dumps({"history": tracker.history, "train": history}))
+    files.append(out / "tracking.json")
+    acc = tracker.accuracy
+    if acc:
+        pts = {f"epoch {e}": [r for r in acc if r["epoch"] == e and r["keep"] != "dense"]
+               for e in dict.fromkeys(r["epoch"] for r in acc)}
+        files.append(plot(out / "accuracy_vs_params.png", [{
+            "series": {k: ([r["params_trainable"] for r in v], [r["test_acc"] for r in v]) for k, v in pts.items()},
+            "xlabel": "trainable parameters", "ylabel": "test accuracy", "logx": True,
+            "title": "accuracy right after the PCN transform (no training)"}], title))
+        files += write_table(acc, out, "accuracy_vs_k", f"# Accuracy right after the transform vs k: {title}\n\n"
+                             "compress(model, stats, keep) at the given epoch, held-out test accuracy with no further "
+                             "training; 'dense' is the model itself, 'all' keeps k = d (exact). Trainable/frozen count "
+                             "conv and linear weights and biases plus BN (frozen: PCN bases V and means); FLOPs: "
+                             "forward per sample.")
+    if tracker.stats is not None:
+        files += write_spectra(out / "final_spectra", model, tracker.stats, ths, f"{title}, epoch {cfg.train.epochs}")
+    return {"history": rows, "accuracy": acc, "files": files, "train": history}
+
+
+# --- command line --------------------------------------------------------------------------------
+
+def common_flags(p: Any) -> None:
+    """--results-dir, --out, --device, --use-checkpoint (shared by the analyze sub-commands)."""
+    from drt.experiments.env import DEVICES
+
+    p.add_argument("--results-dir", default=results_dir_default(), help="where the store and runs live")
+    p.add_argument("--out", help="output folder (default <results>/analysis/<run or model-dataset>/)")
+    p.add_argument("--device", default="auto", choices=DEVICES, help="compute device")
+    p.add_argument("--use-checkpoint", action="store_true", help="--run: the last checkpoint.pt, not model.pt")
+
+
+def settings(args: Any, classes: Sequence[type]) -> dict[str, Any]:
+    """The config settings given on the command line (flags of ``classes``' fields)."""
+    from drt.options import field_types
+
+    return {k: getattr(args, k) for c in classes for k in field_types(c) if getattr(args, k, None) is not None}
+
+
+def refuse_settings(args: Any, classes: Sequence[type], why: str) -> None:
+    extra = sorted(set(settings(args, classes)) - {"data_dir", "data_root"})
+    if extra:
+        raise DrtError(f"setting(s) {', '.join(extra)} do not apply {why}")
+
+
+def checkpoint_tag(path: str | Path) -> str:
+    """``<folder>-<stem>`` of a checkpoint file, to name its analysis folder."""
+    return f"{Path(path).resolve().parent.name}-{Path(path).stem}"
+
+
+def numbers(text: str, what: str, cast: type = float) -> list[Any]:
+    try:
+        return [cast(v) for v in text.replace(",", " ").split()]
+    except ValueError:
+        raise DrtError(f"{what} must be a comma-separated list of numbers; got {text!r}") from None
+
+
+def add_analyze_parser(subparsers: Any) -> Any:
+    """Add ``analyze`` with sub-commands ``spectra`` and ``cka`` (sub-parsers of the same class)."""
+    from drt.experiments.analyze_cka import add_cka_parser
+    from drt.options import add_flags
+    from drt.train.config import TrainConfig
+
+    p = subparsers.add_parser("analyze", help="PCN spectra and CKA heatmaps of runs or checkpoints")
+    sub = p.add_subparsers(dest="analysis", required=True, parser_class=type(p))
+    s = sub.add_parser("spectra", help="per-layer PCA spectra, k vs threshold; --track: over training")
+    s.add_argument("--run", help="stored run id (or unique prefix): spectra of its final model")
+    s.add_argument("--checkpoint", help="a bare checkpoint / state dict (with --model, --dataset)")
+    s.add_argument("--track", action="store_true", help="train dense (flags, --config or --run's config) "
+                   "and track spectra, subspace overlap and accuracy vs k per epoch")
+    s.add_argument("--config", help="--track: YAML settings (flags given win)")
+    s.add_argument("--samples", type=int, help="training samples for the statistics (default 5000; --track 1000)")
+    s.add_argument("--thresholds", default="0.9,0.99,0.999", help="explained-variance thresholds for k")
+    s.add_argument("--overlap-keep", type=float, default=0.99, help="--track: k rule of the subspace overlap")
+    s.add_argument("--at-epoch", help="--track: epochs after which to measure accuracy vs k (default: the last)")
+    s.add_argument("--keeps", default="0.8,0.9,0.95,0.99,0.999,all", help="--track: keep rules for accuracy vs k")
+    s.add_argument("--no-progress", action="store_true", help="no progress bars")
+    common_flags(s)
+    seen: set[str] = set()
+    for cls in (DataConfig, ModelConfig, TrainConfig):
+        add_flags(s.add_argument_group(cls.__name__), cls, seen)
+    add_cka_parser(sub)
+    return p
+
+
+def cmd_analyze(args: Any) -> int:
+    """Run ``drt analyze spectra`` or ``drt analyze cka``; prints the table and where the files are."""
+    from drt.experiments.analyze_cka import cmd_cka
+
+    return {"spectra": cmd_spectra, "cka": cmd_cka}[args.analysis](args)
+
+
+def report(files: Sequence[Path], table: list[dict[str, Any]]) -> None:
+    print(markdown(table))
+    folder = files[0].parent
+    print(f"wrote {len(files)} files to {folder}: " + ", ".join(str(f.relative_to(folder)) for f in files))
+
+
+def cmd_spectra(args: Any) -> int:
+    import sys
+
+    from drt.experiments import config as config_mod
+    from drt.methods.pcn import parse_keep
+    from drt.train.config import TrainConfig
+
+    ths = numbers(args.thresholds, "--thresholds")
+    if any(not 0 < t <= 1 for t in ths) or not ths:
+        raise DrtError(f"--thresholds must be fractions in (0, 1]; got {args.thresholds!r}")
+    if args.samples is not None and args.samples < 2:
+        raise DrtError(f"--samples must be >= 2; got {args.samples}")
+    root = Path(args.results_dir) / "analysis"
+    given = settings(args, (DataConfig, ModelConfig, TrainConfig))
+    if not (args.run or args.checkpoint or args.track or args.config or given):
+        raise DrtError("give --run RUN, --checkpoint PATH (with --model, --dataset), or training settings "
+                       "(--model, --dataset, --epochs, ... or --config) to track spectra over training")
+    if args.track or not (args.run or args.checkpoint):
+        if args.checkpoint:
+            raise DrtError("--track trains from a configuration; it does not take --checkpoint")
+        values: dict[str, Any] = config_mod.read_yaml(args.config) if args.config else {}
+        if args.run:
+            values = config_from_dict(resolve_run(args.results_dir, args.run)["config"]).to_dict()
+            values = {**values["data"], **values["model"], **values["train"]}
+        cfg = make_config({**values, **given})
+        out = Path(args.out or root / f"{cfg.model.model}-{cfg.data.dataset}-{cfg.run_id()}")
+        keeps = [parse_keep(k) for k in args.keeps.split(",") if k.strip()]
+        res = track_spectra(cfg, out, samples=args.samples or 1000, thresholds=ths, overlap_keep=args.overlap_keep,
+                            at_epochs=numbers(args.at_epoch, "--at-epoch", int) if args.at_epoch else None,
+                            keeps=keeps, device=args.device, progress=not args.no_progress and sys.stderr.isatty())
+        report(res["files"], res["accuracy"] or res["history"])
+        return 0
+    if args.run and args.checkpoint:
+        raise DrtError("give either --run or --checkpoint, not both")
+    if args.run:
+        refuse_settings(args, (DataConfig, ModelConfig, TrainConfig), "to --run (its settings come from the store)")
+        model, cfg, data = load_run_model(args.results_dir, args.run, checkpoint=args.use_checkpoint,
+                                          data_dir=args.data_dir, data_root=args.data_root)
+        out, title, seed = Path(args.out or root / cfg.run_id()), f"{cfg.label()} ({cfg.run_id()})", cfg.train.seed
+    else:
+        if not args.model or not args.dataset:
+            raise DrtError("--checkpoint needs --model and --dataset (and the model options it was built with)")
+        m = settings(args, (ModelConfig,))
+        d = settings(args, (DataConfig,))
+        model, data = load_checkpoint_model(args.checkpoint, m.pop("model"), d.pop("dataset"), model_options=m, **d)
+        out = Path(args.out or root / f"{args.model}-{args.dataset}-{checkpoint_tag(args.checkpoint)}")
+        title, seed = f"{args.model} on {args.dataset}: {args.checkpoint}", args.seed or 0
+    res = analyze_spectra(model.to(resolve_device(args.device)), data, out, samples=args.samples or 5000,
+                          thresholds=ths, seed=seed, title=title)
+    report(res["files"], res["rows"])
+    return 0
