@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.drt-installed
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint browser clean
 
 install: $(STAMP)
 
@@ -23,7 +23,13 @@ demo: install
 lint: install
 	$(BIN)/ruff check src tests benchmarks
 
-test: lint
+# The report's headless-browser test needs Debian's chromium; installed where we can (root on
+# Debian), otherwise that one test is skipped with the reason shown.
+browser:
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && ! command -v chromium >/dev/null; then \
+	  (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) || echo "chromium not installed: the browser test will be skipped"; fi
+
+test: lint browser
 	$(BIN)/python -m pytest -q
 
 clean:

@@ -118,7 +118,7 @@ def test_every_registered_method_trains(results, method):
         values["prune_rounds"] = 5
     if "freeze" in names:
         values["freeze"] = "conv1"
-    if "pcn_epoch" in names:
+    if "pcn_epoch" in names or "tp_epoch" in names:
         values["epochs"] = 2
     m = run(make_config(values), results, log=lambda *_: None)
     assert 0 <= m["test_acc"] <= 1 and m["params_trainable"] <= m["params_total"]

@@ -120,7 +120,7 @@ def test_unknown_option_raises_and_lists_options(name):
 
 
 @pytest.mark.parametrize(("name", "options", "field"), [
-    ("lenet5", {"width": 2}, "width"),
+    ("lenet5", {"width": 0}, "width"),
     ("vgg16", {"shortcut": "pad"}, "shortcut"),
     ("resnet20", {"width": 0}, "width"),
     ("resnet20", {"width": True}, "width"),

@@ -18,7 +18,7 @@ DEMO_RUNS: list[dict[str, Any]] = [
     {"method": "synflow", "sparsity": 0.9},
     {"method": "rigl", "sparsity": 0.9, "delta_t": 50},
     {"method": "rigl", "sparsity": 0.9, "delta_t": 50, "reg": "cka-sr", "cka_beta": 1e-3},
-    {"method": "imp", "sparsity": 0.9, "imp_rounds": 2, "epochs": 5},
+    {"method": "imp", "sparsity": 0.9, "imp_rounds": 2},
     {"method": "freezenet", "sparsity": 0.9},
 ]
 SEEDS = (0, 1)
@@ -45,7 +45,11 @@ def demo(results_dir: str | Path = "results", *, device: str = "auto", epochs: i
           "final-epoch test accuracy mean ± std; trainable = trained dimension; FLOPs = forward per image "
           "(multiply-add = 2), effective = weighted by layer density; time = measured training seconds")
     print(format_table(rows))
+    from drt.experiments.report_render import write_report
+
+    html, md, _ = write_report(results_dir, results_dir / "report")
     print(f"results store: {results_dir / 'drt.sqlite'}")
+    print(f"report: {html} (self-contained, opens offline) and {md}")
     return rows
 
 

@@ -1,0 +1,146 @@
+"""`drt sweep`: planning a grid from YAML, bad sweep files, and a sweep killed mid-run and restarted."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from drt.errors import DrtError
+from drt.experiments.report import finished_runs, group_runs, table_rows
+from drt.experiments.store import Store
+from drt.experiments.sweep import add_sweep_parser, cmd_sweep, plan, run_lock, threads_per_worker
+
+BASE = {"dataset": "digits", "model": "mlp", "epochs": 2}
+
+
+def test_plan_crosses_runs_with_the_grid_and_drops_duplicates():
+    raw = {"base": BASE, "grid": {"seed": [0, 1]},
+           "runs": [{"method": "dense"}, {"method": "snip", "sparsity": [0.9, 0.98]}, {"method": "dense"}]}
+    settings, workers = plan(raw)
+    assert workers == 1 and len(settings) == 6  # (dense + 2 snip budgets) x 2 seeds; the repeated dense is one
+    got = {(s["method"], s.get("sparsity"), s["seed"]) for s in settings}
+    assert got == {(m, b, seed) for m, b in (("dense", None), ("snip", 0.9), ("snip", 0.98)) for seed in (0, 1)}
+    assert all(s["dataset"] == "digits" and s["epochs"] == 2 for s in settings)
+
+
+def test_plan_tuple_settings_and_sections():
+    raw = {"base": {"data": {"dataset": "digits"}, "train": {"epochs": 1, "milestones": [1, 2]}},
+           "grid": {"hidden": [[32], "16,8"], "lr": [0.1, 0.05]}, "workers": 2}
+    settings, workers = plan(raw)
+    assert workers == 2 and len(settings) == 4
+    assert {str(s["hidden"]) for s in settings} == {"[32]", "16,8"}
+    assert all(s["milestones"] == [1, 2] and s["dataset"] == "digits" for s in settings)
+
+
+@pytest.mark.parametrize("raw, expect", [
+    ({"base": BASE, "grid": {"seed": [0]}, "seeds": [0, 1]}, "unknown key(s) seeds in sweep file"),
+    ({"base": BASE}, "empty grid"),
+    ({"base": BASE, "grid": {}}, "empty grid"),
+    ({"base": BASE, "grid": {"seed": []}}, "'seed' has an empty list"),
+    ({"base": BASE, "grid": {"sed": [0, 1]}}, "unknown setting(s) sed; valid:"),
+    ({"base": BASE, "grid": {"sparsity": [0.9]}}, "do not apply to method 'dense'"),
+    ({"base": BASE, "grid": {"method": ["dense", "nope"]}}, "nope"),
+    ({"base": BASE, "grid": {"seed": [0]}, "workers": 0}, "workers must be a positive integer"),
+    ({"base": BASE, "runs": {"method": "dense"}}, "`runs:` must be a list"),
+    ([1, 2], "must be a mapping"),
+])
+def test_bad_sweep_files(raw, expect):
+    with pytest.raises(DrtError) as e:
+        plan(raw, "s.yaml")
+    assert expect in str(e.value) and "\n" not in str(e.value)
+
+
+def test_threads_per_worker_divides_the_cores():
+    assert [threads_per_worker(w, cores=2) for w in (1, 2, 3)] == [2, 1, 1]
+    assert threads_per_worker(3, cores=8) == 2
+
+
+def test_run_lock_is_exclusive(tmp_path):
+    with run_lock(tmp_path, "abc") as first, run_lock(tmp_path, "abc") as second:
+        assert first and not second
+    with run_lock(tmp_path, "abc") as again:
+        assert again  # released when the holder is done
+
+
+def _args(*argv: str) -> argparse.Namespace:
+    p = argparse.ArgumentParser()
+    add_sweep_parser(p.add_subparsers(dest="command"))
+    return p.parse_args(["sweep", *argv])
+
+
+def test_cmd_sweep_dry_run_and_missing_file(tmp_path, capsys):
+    f = tmp_path / "s.yaml"
+    f.write_text("base: {dataset: digits, model: mlp, epochs: 1}\ngrid:\n  seed: [0, 1, 2]\n")
+    assert cmd_sweep(_args(str(f), "--results-dir", str(tmp_path / "r"), "--dry-run")) == 0
+    out = capsys.readouterr().out
+    assert out.count("planned ") == 3 and "3 runs planned, 0 already done" in out
+    with pytest.raises(DrtError, match="not found"):
+        cmd_sweep(_args(str(tmp_path / "none.yaml")))
+    f.write_text("grid: [unclosed\n")
+    with pytest.raises(DrtError, match="not valid YAML"):
+        cmd_sweep(_args(str(f)))
+
+
+SWEEP = """\
+base: {dataset: digits, model: mlp, hidden: [64], epochs: %d, batch_size: 8, lr: 0.05}
+grid:
+  seed: [0, 1, 2]
+"""
+CHILD = ("import argparse, sys\n"
+         "from drt.experiments.sweep import add_sweep_parser, cmd_sweep\n"
+         "p = argparse.ArgumentParser(); add_sweep_parser(p.add_subparsers(dest='command'))\n"
+         "sys.exit(cmd_sweep(p.parse_args(['sweep', *sys.argv[1:]])))\n")
+
+
+def _state(db: Path) -> dict[str, dict]:
+    if not db.exists():
+        return {}
+    store = Store(db)
+    return {r["id"]: {**r, "n_epochs": len(store.epochs(r["id"]))} for r in store.runs()}
+
+
+def test_killed_sweep_resumes_without_repeating_finished_runs(tmp_path):
+    epochs = 12
+    f, results = tmp_path / "sweep.yaml", tmp_path / "results"
+    f.write_text(SWEEP % epochs)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
+    argv = [sys.executable, "-c", CHILD, str(f), "--results-dir", str(results), "--no-progress"]
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    db, deadline, before = results / "drt.sqlite", time.time() + 120, {}
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            before = _state(db)
+            done = [r for r in before.values() if r["status"] == "done"]
+            busy = [r for r in before.values() if r["status"] == "running" and 0 < r["n_epochs"] < epochs]
+            if done and busy:
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, "the sweep finished before it could be killed: " + proc.stdout.read()
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    killed = _state(db)
+    done_ids = {i for i, r in killed.items() if r["status"] == "done"}
+    killed_ids = {i for i, r in killed.items() if r["status"] != "done"}
+    assert done_ids and killed_ids and all(killed[i]["status"] == "running" for i in killed_ids)
+    assert len(finished_runs(results)[1]) == len(done_ids)  # a killed run is never counted as done
+
+    out = subprocess.run([*argv, "--workers", "2"], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert f"3 runs planned, {len(done_ids)} already done, {3 - len(done_ids)} to run" in out.stdout
+    after = _state(db)
+    assert len(after) == 3 and all(r["status"] == "done" and r["n_epochs"] == epochs for r in after.values())
+    for i in done_ids:  # finished runs were not touched again
+        assert (after[i]["created"], after[i]["updated"]) == (killed[i]["created"], killed[i]["updated"])
+    for i in killed_ids:  # the killed run was resumed under the same row and finished
+        assert after[i]["created"] == killed[i]["created"] and after[i]["updated"] > killed[i]["updated"]
+    (group,) = group_runs(finished_runs(results)[1])
+    assert [row[2] for row in table_rows(group)] == ["0,1,2"]  # the report counts each run once
