@@ -36,7 +36,11 @@ def variant(cfg: dict[str, Any]) -> str:
     """The method and its non-default budget settings, as a label."""
     opts = cfg.get("method_options") or {}
     parts = [cfg["method"]]
-    for k in ("sparsity", "pcn_keep", "pcn_epoch", "pcn_output", "imp_rounds", "eb_ratio", "distribution"):
+    if cfg["method"] == "dense" and (cfg["model"].get("hidden") or cfg["model"].get("width")):
+        parts = ["small-dense" + (f" width={cfg['model']['width']}" if cfg["model"].get("width") else "")
+                 + (f" hidden={cfg['model']['hidden']}" if cfg["model"].get("hidden") else "")]
+    for k in ("sparsity", "pcn_keep", "pcn_epoch", "pcn_output", "imp_rounds", "eb_ratio", "distribution",
+              "tp_target"):
         if k in opts and opts[k] not in (None, False):
             parts.append(f"{k}={opts[k]}")
     for r, o in zip(cfg.get("reg", []), cfg.get("reg_options", []), strict=False):
@@ -48,8 +52,8 @@ def accuracy_tables(store: Store) -> list[str]:
     groups: dict[tuple, dict[str, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
     for r in store.runs("done"):
         c = r["config"]
-        key = (c["model"]["model"], c["model"].get("width"), c["data"]["dataset"], c["data"].get("subset"),
-               c["train"]["epochs"])
+        base_width = c["model"].get("width") if c["method"] != "dense" else None  # small-dense joins its group
+        key = (c["model"]["model"], base_width, c["data"]["dataset"], c["data"].get("subset"), c["train"]["epochs"])
         groups[key][variant(c)].append(r)
     out = []
     for (model, width, dataset, subset, epochs), variants in sorted(groups.items(), key=str):

@@ -10,13 +10,29 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import replace
 
 from common import RESULTS, data_root
-from suites import SUITES
+from suites import SUITES, peer_configs
 
 from drt.errors import DrtError
-from drt.experiments.config import make_config
+from drt.experiments.config import RunConfig, make_config
 from drt.experiments.runner import run
+from drt.experiments.store import Store
+
+
+def configs(name: str) -> list[RunConfig]:
+    """The suite's run configs, reading data from the data root of this machine."""
+    if name.startswith("peers-"):
+        dataset = {"peers-fmnist": "fashion-mnist", "peers-cifar": "cifar10"}[name]
+        store = RESULTS / "drt.sqlite"
+        planned = peer_configs(Store(store).runs("done"), dataset) if store.exists() else []
+        return [replace(c, data=replace(c.data, data_root=str(data_root()), data_dir=None)) for c in planned]
+    out = []
+    for values in SUITES[name]:
+        needs_dir = values["dataset"] in ("cifar10", "fashion-mnist", "mnist")
+        out.append(make_config({**values, "data_root": str(data_root())} if needs_dir else values))
+    return out
 
 
 def main() -> None:
@@ -26,12 +42,10 @@ def main() -> None:
     args = ap.parse_args()
     t0 = time.time()
     for name in args.suites:
-        for values in SUITES[name]:
+        for cfg in configs(name):
             if time.time() - t0 > 60 * args.limit_minutes:
                 print(f"time limit reached; run `python benchmarks/run_suite.py {name}` again to continue")
                 return
-            needs_dir = values["dataset"] in ("cifar10", "fashion-mnist", "mnist")
-            cfg = make_config({**values, "data_root": str(data_root())} if needs_dir else values)
             try:
                 m = run(cfg, RESULTS, resume=True)
             except DrtError as e:  # e.g. the same run is being trained by another suite process

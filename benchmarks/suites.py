@@ -51,6 +51,17 @@ SUITES: dict[str, list[dict[str, Any]]] = {
                      "distribution": "erk"},
                     [{"sparsity": s, **r} for s in (0.9, 0.95)
                      for r in ({}, {"reg": "cka-sr", "cka_beta": 1e-4})], (0, 1, 2)),
+    # issue 6: peers at PCN's trainable-parameter count are planned from finished PCN runs (run_suite.py)
+    "peers-fmnist": [],
+    "peers-cifar": [],
     # the demo's data set, for a quick check of the whole pipeline
     "smoke": _grid({"dataset": "mnist5k", "model": "lenet5", "epochs": 2}, [{"method": "dense"}], (0,)),
 }
+
+
+def peer_configs(runs: list[dict[str, Any]], dataset: str) -> list[Any]:
+    """Small-dense and Torch-Pruning runs matching each finished PCN result's trainable count."""
+    from drt.experiments.small_dense import small_dense_for_runs, tp_channel_for_runs
+
+    pcn = [r for r in runs if r["config"]["data"]["dataset"] == dataset and r["config"]["method"] == "pcn"]
+    return small_dense_for_runs(pcn) + tp_channel_for_runs(pcn)
