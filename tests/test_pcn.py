@@ -340,7 +340,7 @@ def _zoo_cases():
     for name in MODELS.names():
         kind = MODELS.meta(name).get("inputs", "any")
         shape = {"image": (3, 16, 16), "signal": (1, 40)}.get(kind, (1, 6, 6))
-        opts = {"width": 4} if "width" in model_options(name) else {}
+        opts = {"width": 4} if "width" in model_options(name) and name != "lenet5" else {}  # lenet5 width = fc1 units
         if "hidden" in model_options(name):
             opts["hidden"] = [24, 12]
         yield pytest.param(name, shape, opts, id=name)

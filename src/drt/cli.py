@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,8 @@ def make_parser() -> Parser:
     p.add_argument("--config", help="YAML file of settings (flags given on the command line win)")
     p.add_argument("--resume", action="store_true", help="continue a killed run from its last checkpoint")
     p.add_argument("--force", action="store_true", help="re-run even if this config already finished")
+    p.add_argument("--nproc", type=int, help="data-parallel processes on this machine: re-launches under torchrun "
+                                             "(DDP; the global batch is nproc x batch size)")
     add_run_flags(p)
     p.add_argument("--method", help="training method (see `drt list methods`)")
     p.add_argument("--reg", help="regularisers to add, comma-separated (e.g. cka-sr)")
@@ -59,27 +62,63 @@ def make_parser() -> Parser:
     p.add_argument("--epochs", type=int, default=None, help="override the demo's epochs")
 
     from drt.experiments.analyze import add_analyze_parser
+    from drt.experiments.report import add_report_parser
+    from drt.experiments.sweep import add_sweep_parser
 
+    add_sweep_parser(sub)
+    add_report_parser(sub)
     add_analyze_parser(sub)
     return parser
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    from drt.experiments.runner import run
+def relaunch(nproc: int, argv: list[str]) -> int:
+    """Run ``drt <argv>`` without ``--nproc`` under torchrun with ``nproc`` processes; its exit code."""
+    from drt.train.distributed import launched
 
+    if launched():
+        raise DrtError("--nproc starts its own processes; drop it when running under torchrun")
+    rest, skip = [], False
+    for a in argv:
+        if skip or a.startswith("--nproc="):
+            skip = False
+            continue
+        skip = a == "--nproc"
+        if not skip:
+            rest.append(a)
+    threads = os.environ.get("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))  # cores / process
+    env = {**os.environ, "OMP_NUM_THREADS": threads}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
+           "-m", "drt", *rest]
+    return subprocess.run(cmd, env=env).returncode
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from drt.experiments.env import resolve_device
+    from drt.experiments.runner import run
+    from drt.train.distributed import process_group
+
+    if args.nproc is not None and args.nproc < 1:
+        raise DrtError(f"--nproc must be >= 1, got {args.nproc}")
+    if args.nproc is not None and args.nproc > 1:
+        return relaunch(args.nproc, args.argv)
     values: dict[str, Any] = config_mod.read_yaml(args.config) if args.config else {}
     for key in config_mod.valid_keys():
         v = getattr(args, key, None)
         if v is not None:
             values[key] = v
     cfg = config_mod.make_config(values)
-    metrics = run(cfg, args.results_dir, device=args.device, force=args.force, resume=args.resume,
-                  progress=not args.no_progress and sys.stderr.isatty())
+    with process_group(resolve_device(args.device)) as ranks:  # joins the torchrun job, if any
+        metrics = run(cfg, args.results_dir, device=args.device, force=args.force, resume=args.resume,
+                      progress=not args.no_progress and sys.stderr.isatty())
+    if not ranks.is_main:  # rank 0 alone prints
+        return 0
     from drt.experiments.table import format_table, method_lines, summary_row
 
     print(format_table([summary_row(cfg.label(), metrics)]))
     for line in method_lines(metrics):
         print(line)
+    if ranks.world_size > 1:
+        print(f"{ranks.world_size} processes (DDP): global batch {ranks.world_size} x {cfg.train.batch_size}")
     print(f"run {metrics['run_id']} recorded in {Path(args.results_dir) / 'drt.sqlite'}")
     return 0
 
@@ -124,12 +163,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     try:
         args = make_parser().parse_args(argv)
+        args.argv = list(sys.argv[1:] if argv is None else argv)
         from drt.experiments.analyze import cmd_analyze
+        from drt.experiments.report import cmd_report
+        from drt.experiments.sweep import cmd_sweep
 
-        commands = {"train": cmd_train, "list": cmd_list, "demo": cmd_demo, "analyze": cmd_analyze}
+        commands = {"train": cmd_train, "list": cmd_list, "demo": cmd_demo, "sweep": cmd_sweep,
+                    "report": cmd_report, "analyze": cmd_analyze}
         return commands[args.command](args)
     except DrtError as e:
-        print(f"drt: error: {e}", file=sys.stderr)
+        rank = os.environ.get("RANK", "0")  # set by torchrun
+        print(f"drt: error{f' (rank {rank})' if rank != '0' else ''}: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("drt: interrupted", file=sys.stderr)

@@ -1,7 +1,12 @@
-"""Run one config: hash-named, resumable, recorded in the results store."""
+"""Run one config: hash-named, resumable, recorded in the results store.
+
+Under torchrun every rank calls ``run``; rank 0 alone touches the store and the run folder (the
+other ranks learn its decisions and errors), every rank trains, rank 0 records the result.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -15,59 +20,88 @@ from drt.experiments.env import environment, resolve_device
 from drt.experiments.store import Store
 from drt.methods import METHODS, REGULARISERS
 from drt.models import create
-from drt.train import train
+from drt.train import distributed, train
 
 STORE_NAME = "drt.sqlite"
+
+
+def run_identity(cfg: RunConfig, world_size: int) -> str:
+    """``cfg.run_id()``; with W > 1 processes a hash of it and W (the global batch is W x batch size)."""
+    if world_size == 1:
+        return cfg.run_id()
+    return hashlib.sha256(f"{cfg.run_id()}:world{world_size}".encode()).hexdigest()[:16]
 
 
 def run(cfg: RunConfig, results_dir: str | Path = "results", *, device: str = "auto", force: bool = False,
         resume: bool = False, progress: bool = False, log=print) -> dict[str, Any]:
     """Train one configuration and record it; a finished config is a no-op unless ``force``.
 
-    Returns the stored final metrics (with ``run_id`` and ``skipped``).
+    Returns the stored final metrics (with ``run_id`` and ``skipped``). Under torchrun call it on
+    every rank (after joining the process group); ``device`` names the kind, each rank takes its own.
     """
+    ranks = distributed.current()
     results_dir = Path(results_dir)
-    store = Store(results_dir / STORE_NAME)
-    run_id = cfg.run_id()
-    if store.status(run_id) == "done" and not force:
-        log(f"{cfg.label()}: already done (run {run_id}); use --force to re-run")
-        return {**store.run(run_id)["metrics"], "run_id": run_id, "skipped": True}
-    busy = store.claim(run_id)
-    if busy:
-        raise DrtError(f"run {run_id} ({cfg.label()}) is being trained by process {busy}; wait for it or stop it")
-    dev = resolve_device(device)
+    run_id = run_identity(cfg, ranks.world_size)
+    dev = distributed.local_device(resolve_device(device))
     run_dir = results_dir / "runs" / run_id
     ckpt = run_dir / "checkpoint.pt"
-    if resume and not ckpt.exists():
-        log(f"{cfg.label()}: no checkpoint to resume from in {run_dir}; starting from scratch")
+
+    def claim() -> dict[str, Any] | None:  # rank 0 only: the store
+        store = Store(results_dir / STORE_NAME)
+        if store.status(run_id) == "done" and not force:
+            log(f"{cfg.label()}: already done (run {run_id}); use --force to re-run")
+            return {**store.run(run_id)["metrics"], "run_id": run_id, "skipped": True}
+        busy = store.claim(run_id)
+        if busy:
+            raise DrtError(f"run {run_id} ({cfg.label()}) is being trained by process {busy}; wait for it or stop it")
+        if resume and not ckpt.exists():
+            log(f"{cfg.label()}: no checkpoint to resume from in {run_dir}; starting from scratch")
+        return None
+
+    def start() -> None:  # rank 0 only: the run folder and the store, once the run can be built
+        store = Store(results_dir / STORE_NAME)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+        env = {**environment(dev), "world_size": ranks.world_size}
+        if not (resume and ckpt.exists()):
+            ckpt.unlink(missing_ok=True)
+            store.start(run_id, cfg.label(), cfg.to_dict(), env)
+        elif not store.mark_running(run_id):
+            store.start(run_id, cfg.label(), cfg.to_dict(), env)
+
+    skipped = distributed.on_main(claim)
+    if skipped is not None:
+        return skipped
     data = load(cfg.data.dataset, data_dir=cfg.data.data_dir, data_root=cfg.data.data_root,
                 val_size=cfg.data.val_size, subset=cfg.data.subset, image_size=cfg.data.image_size)
     torch.manual_seed(cfg.train.seed)
     model = create(cfg.model.model, tuple(data.input_shape), data.num_classes, **cfg.model.options())
     method = METHODS.get(cfg.method)(cfg.method_options)
     regs = [REGULARISERS.get(r)(o) for r, o in zip(cfg.reg, cfg.reg_options, strict=True)]
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
-    if not (resume and ckpt.exists()):
-        ckpt.unlink(missing_ok=True)
-        store.start(run_id, cfg.label(), cfg.to_dict(), environment(dev))
-    elif not store.mark_running(run_id):
-        store.start(run_id, cfg.label(), cfg.to_dict(), environment(dev))
+    distributed.on_main(start)
+    store = Store(results_dir / STORE_NAME) if ranks.is_main else None
     augment = data.augment if cfg.data.augment == "auto" else cfg.data.augment
     try:
         result = train(model, data, cfg.train, method, regs, device=dev, augment=augment, checkpoint=ckpt,
-                       resume=resume, on_epoch=lambda m: store.add_epoch(run_id, m), progress=progress)
+                       resume=resume, on_epoch=(lambda m: store.add_epoch(run_id, m)) if store is not None else None,
+                       progress=progress)
     except DrtError as e:
-        store.fail(run_id, str(e))
+        if store is not None:
+            store.fail(run_id, str(e))
         raise
     except KeyboardInterrupt:
-        store.fail(run_id, "interrupted")
+        if store is not None:
+            store.fail(run_id, "interrupted")
         raise
     except Exception as e:  # record, then let the CLI report it
-        store.fail(run_id, f"{type(e).__name__}: {e}")
+        if store is not None:
+            store.fail(run_id, f"{type(e).__name__}: {e}")
         raise
     metrics = {**result.final, "run_id": run_id}
-    torch.save(result.model.state_dict(), run_dir / "model.pt")
-    (run_dir / "metrics.json").write_text(json.dumps({"final": metrics, "history": result.history}, indent=2))
-    store.finish(run_id, metrics)
+    if store is not None:
+        for entry in result.history:  # idempotent: also fills an epoch a kill left unrecorded before resume
+            store.add_epoch(run_id, entry)
+        torch.save(result.model.state_dict(), run_dir / "model.pt")
+        (run_dir / "metrics.json").write_text(json.dumps({"final": metrics, "history": result.history}, indent=2))
+        store.finish(run_id, metrics)
     return {**metrics, "skipped": False}

@@ -35,19 +35,20 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 def method_lines(m: dict[str, Any]) -> list[str]:
     """What the method did, in words: sparsity target vs achieved per layer, PCN ks, frozen counts."""
     lines = []
-    if "sparsity_target" in m:
+    if "sparsity_target" in m and "sparsity_achieved" in m:
         fired = ", ".join(m.get("guard_fired") or []) or "no"
-        lines.append(f"sparsity over conv+linear weights ({m['prunable_params']:,}): "
-                     f"target {m['sparsity_target']:.4f}, "
+        over = f" ({m['prunable_params']:,})" if "prunable_params" in m else ""
+        lines.append(f"sparsity over conv+linear weights{over}: target {m['sparsity_target']:.4f}, "
                      f"achieved {m['sparsity_achieved']:.4f}; layer-collapse guard fired: {fired}")
-        rows = [{"tensor": r["name"], "numel": r["numel"], "kept": r["kept"],
-                 "target density": "-" if r["target"] is None else f"{r['target']:.4f}",
-                 "achieved density": f"{r['achieved']:.4f}"} for r in m.get("layers", [])]
+        rows = [{"tensor": r.get("name", ""), "numel": r.get("numel", ""), "kept": r.get("kept", ""),
+                 "target density": "-" if r.get("target") is None else f"{r['target']:.4f}",
+                 "achieved density": "-" if r.get("achieved") is None else f"{r['achieved']:.4f}"}
+                for r in m.get("layers", []) if isinstance(r, dict)]
         if rows:
             lines.append(format_table(rows))
     if "exploration_rate" in m:
         lines.append(f"exploration rate (weights ever active): {m['exploration_rate']:.4f}")
-    if m.get("pcn_layers"):
+    if m.get("pcn_layers") and m.get("params_before_pcn"):
         ks = ", ".join(f"{n} {v['k']}/{v['d']}" for n, v in m["pcn_layers"].items())
         lines.append(f"PCN transform after epoch {m['pcn_epoch']}: trainable {m['params_before_pcn']:,} -> "
                      f"{m['params_trainable']:,}; frozen basis numbers {m['params_frozen']:,}; k/d: {ks}")

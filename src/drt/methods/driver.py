@@ -11,6 +11,10 @@
             loss.backward()
             drv.step()                    # after_backward, optimizer.step(), after_step
         drv.end_epoch()                   # PCN may swap drv.model and drv.optimizer here
+
+Under DDP pass ``wrap`` (e.g. ``lambda m: DistributedDataParallel(m)``) and forward through
+``drv.net``: hooks, masks and surgery act on ``drv.model`` (the unwrapped module), and a model
+replaced by a hook is wrapped again on the next use of ``drv.net``.
 """
 
 from __future__ import annotations
@@ -36,21 +40,34 @@ class Driver:
                  regularisers: Sequence[Method] = (), weight_decay: float = 0.0,
                  loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.cross_entropy,
                  seed: int = 0, device: torch.device | str | None = None, run_dir: Any = None,
-                 setup: bool = True) -> None:
+                 setup: bool = True, wrap: Callable[[nn.Module], nn.Module] | None = None) -> None:
         self.method, self.plugins = method, [method, *regularisers]
         self.make_optimizer, self.weight_decay = make_optimizer, weight_decay
+        self.wrap = wrap or (lambda m: m)
+        self._net: tuple[nn.Module, nn.Module] | None = None  # (model, its wrapper)
         device = torch.device(device) if device is not None else next(model.parameters()).device
         self.state = TrainState(model=model.to(device), optimizer=None, loss_fn=loss_fn, device=device,
                                 input_shape=tuple(input_shape), num_classes=num_classes, epochs=epochs,
                                 steps_per_epoch=steps_per_epoch, seed=seed, batches=batches, run_dir=run_dir)
         if setup:
-            for p in self.plugins:
-                self.state.model = (p.setup(self.state) or self.state.model).to(device)
-            self.rebuild()
+            self.setup()
+
+    def setup(self) -> None:
+        """The plug-ins' ``setup`` hooks (each may replace the model), then ``rebuild``."""
+        for p in self.plugins:
+            self.state.model = (p.setup(self.state) or self.state.model).to(self.state.device)
+        self.rebuild()
 
     @property
     def model(self) -> nn.Module:
         return self.state.model
+
+    @property
+    def net(self) -> nn.Module:
+        """The module to forward through: ``wrap(model)``, re-wrapped whenever the model was replaced."""
+        if self._net is None or self._net[0] is not self.state.model:
+            self._net = (self.state.model, self.wrap(self.state.model))
+        return self._net[1]
 
     @property
     def optimizer(self) -> torch.optim.Optimizer:

@@ -25,7 +25,7 @@ import torch
 
 from drt.errors import DrtError
 from drt.methods.base import METHODS, TrainState
-from drt.methods.sparse_base import SparseMethod, SparseOptions
+from drt.methods.sparse_base import SparseMethod, SparseOptions, check_ranks_agree
 from drt.options import opt
 from drt.sparse import (
     ExplorationTracker,
@@ -199,6 +199,7 @@ class DynamicSparse(SparseMethod):
         active = {n: self.mask.kept(n) for n in self.mask}
         info = drop_grow_(weights, self.mask, fraction, grow, self.generator, state.optimizer,
                           drop=self.drop_rule, rounding=self.rounding)
+        check_ranks_agree(self.mask, f"{type(self).__name__} update at step {step}")
         self.tracker.update(self.mask)
         record.update(fraction=fraction, active=active, dropped=info.dropped, new=info.new)
         self.updates.append(record)

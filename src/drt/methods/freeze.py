@@ -30,10 +30,10 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from drt.errors import DrtError
 from drt.methods.base import METHODS, Method, TrainState
-from drt.methods.sparse_base import score_batches
+from drt.methods.sparse_base import check_ranks_agree, rank_mean_, score_batches
 from drt.models import create
 from drt.options import opt
-from drt.sparse import check_sparsity, global_topk, prunable, snip_scores, zero_state_
+from drt.sparse import MaskSet, check_sparsity, global_topk, prunable, snip_scores, zero_state_
 
 FREEZENET_FORMAT = "drt-freezenet-v1"
 
@@ -59,6 +59,7 @@ class FreezeMethod(Method):
             raise DrtError(f"{type(self).__name__}: every parameter of {type(state.model).__name__} would be "
                            "frozen; nothing left to train")
         self.trained = {n: m.to(params[n].device) for n, m in partial.items() if n not in whole and not m.all()}
+        check_ranks_agree(MaskSet(self.trained), f"{type(self).__name__} frozen entries")
         self.frozen_values = {n: params[n].detach()[~m].clone() for n, m in self.trained.items()}
         self.attach(state)
 
@@ -140,7 +141,8 @@ class FreezeNet(FreezeMethod):
         if not names:
             raise DrtError(f"freezenet: model {type(state.model).__name__} has no conv or linear weights")
         self.spec = {"seed": state.seed, "input_shape": tuple(state.input_shape), "num_classes": state.num_classes}
-        scores = snip_scores(state.model, state.loss_fn, score_batches(state, self.options.score_batches), names)
+        batches = score_batches(state, self.options.score_batches)
+        scores = snip_scores(state.model, state.loss_fn, batches, names, reduce=rank_mean_)  # global-batch gradient
         keep, _ = global_topk(scores, self.options.sparsity, guard=False)
         return [], keep
 

@@ -33,7 +33,7 @@ from torch.nn.modules.conv import _ConvNd
 
 from drt.errors import DrtError
 from drt.methods.base import METHODS, Method, TrainState
-from drt.methods.sparse_base import SparseMethod
+from drt.methods.sparse_base import SparseMethod, check_ranks_agree
 from drt.options import opt
 from drt.sparse import MaskSet, check_sparsity, global_topk, magnitude_scores, masks_from_scores, prunable
 
@@ -351,6 +351,7 @@ class EarlyBird(Method):
         if drawn or state.epoch >= self.max_epoch:
             self.ticket_epoch, self.ticket_by = state.epoch, "distance" if drawn else "max_epoch"
             self.mask = self._ticket(state.model, per_bn)
+            check_ranks_agree(self.mask, f"Early-Bird ticket at epoch {state.epoch}")
             self.mask.apply_(state.model, state.optimizer)
             state.log["eb_ticket"] = state.epoch
 

@@ -5,14 +5,20 @@ subspaces of consecutive epochs overlap by at least ``--pcn-auto-overlap``), sta
 collected in eval mode on un-augmented training samples, the model is compressed, the loop
 rebuilds the optimizer (weight decay on W' and b' only: V and μ are frozen buffers) and the LR
 schedule continues at absolute epochs. The checkpoint carries the transformed architecture.
+
+Under torch.distributed each rank collects the statistics of its part of the first ``--pcn-samples``
+samples of the global order and the raw sums are all-reduced before the eigen-decomposition, so
+every rank builds the identical basis (and the same one a single process would).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import torch.distributed as dist
 from torch import nn
 
 from drt.errors import DrtError
@@ -40,6 +46,27 @@ def parse_keep(text: str) -> Any:
             raise DrtError(f"pcn keep {text!r}: use name=rule pairs separated by commas")
         return {k.strip(): one(v) for k, v in pairs}
     return one(text)
+
+
+def rank_share(batches: Iterable[Any], total: int) -> Iterator[Any]:
+    """This rank's part of the first ``total`` samples of a sharded loader's global order.
+
+    ``batches`` are this rank's ``(x, y)`` chunks of global batches (rank r holds the r-th of W equal
+    chunks, as ``TensorLoader`` shards); without torch.distributed they pass through unchanged.
+    """
+    on = dist.is_available() and dist.is_initialized()
+    rank, world = (dist.get_rank(), dist.get_world_size()) if on else (0, 1)
+    before = 0  # samples of the global order before this batch
+    for x, y in batches:
+        if world == 1:
+            yield x, y
+            continue
+        take = min(len(x), max(0, total - before - rank * len(x)))
+        if take > 0:
+            yield x[:take], y[:take]
+        before += len(x) * world
+        if before >= total:
+            return
 
 
 @dataclass(frozen=True)
@@ -99,8 +126,10 @@ class PCN(Method):
             raise DrtError("the model already has PCN layers; transforming twice is not supported")
 
     def stats(self, state: TrainState) -> PCNStats:
-        return collect(state.model, state.batches(), max_samples=self.options.pcn_samples,
-                       pool_to=self.options.pcn_pool_to)
+        """Input statistics of ``pcn_samples`` training samples, summed over ranks."""
+        o = self.options
+        batches = rank_share(state.batches(), o.pcn_samples)
+        return collect(state.model, batches, max_samples=o.pcn_samples, pool_to=o.pcn_pool_to).all_reduce_()
 
     def due(self, state: TrainState) -> tuple[bool, PCNStats | None]:
         o = self.options

@@ -3,6 +3,11 @@
 A subclass implements ``choose(state) -> (MaskSet, info)`` (pruning at init) and/or changes
 ``self.mask`` later (dynamic sparse training, IMP). The mask covers conv and linear weights
 (biases and BN are never masked) and is applied in place, never inferred from values.
+
+Under torch.distributed every rank must hold the same mask: gradient-based scores computed in
+``choose`` average the raw gradients over ranks (``rank_mean_``) before any |.|, random draws use
+generators seeded identically on every rank, and each new mask is compared across ranks by its
+checksum (``check_ranks_agree``), failing loudly if they diverge.
 """
 
 from __future__ import annotations
@@ -13,11 +18,44 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.distributed as dist
 
 from drt.errors import DrtError
 from drt.methods.base import Method, TrainState
 from drt.options import opt
 from drt.sparse import DISTRIBUTIONS, MaskSet, check_sparsity, prunable
+from drt.sparse.scores import reducing_gradients
+
+
+def _world() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def rank_mean_(tensors: dict[str, torch.Tensor]) -> None:
+    """Average ``tensors`` over the ranks of torch.distributed in place (one all-reduce; no-op alone)."""
+    world = _world()
+    if world == 1 or not tensors:
+        return
+    flat = torch.cat([t.reshape(-1) for t in tensors.values()])
+    dist.all_reduce(flat)
+    flat /= world
+    offset = 0
+    for t in tensors.values():
+        t.copy_(flat[offset:offset + t.numel()].view_as(t))
+        offset += t.numel()
+
+
+def check_ranks_agree(mask: MaskSet, what: str) -> None:
+    """DrtError naming the ranks whose ``mask`` differs from rank 0's (``MaskSet.checksum``); no-op alone."""
+    world = _world()
+    if world == 1:
+        return
+    sums: list[int | None] = [None] * world
+    dist.all_gather_object(sums, mask.checksum())
+    bad = [r for r, c in enumerate(sums) if c != sums[0]]
+    if bad:
+        raise DrtError(f"{what}: masks differ across ranks (ranks {', '.join(map(str, bad))} disagree with "
+                       f"rank 0; checksums {sums}); scores or random draws are not rank-consistent")
 
 
 @dataclass(frozen=True)
@@ -53,12 +91,15 @@ class SparseMethod(Method):
     def set_mask(self, state: TrainState, mask: MaskSet, info: dict[str, Any]) -> None:
         """Adopt ``mask`` and zero the masked weights (and optimizer state, if any) now."""
         self.mask, self.info = mask.to(state.device), info
+        check_ranks_agree(self.mask, f"{type(self).__name__} at step {state.step}")
         self.mask.apply_(state.model, state.optimizer)
 
     def setup(self, state: TrainState) -> None:
         if not prunable(state.model):
             raise DrtError(f"{type(self).__name__}: model has no conv or linear weights to prune")
-        self.set_mask(state, *self.choose(state))
+        with reducing_gradients(rank_mean_):  # scores see the gradient of the global batch
+            chosen = self.choose(state)
+        self.set_mask(state, *chosen)
 
     def after_backward(self, state: TrainState) -> None:
         self.mask.mask_grads_(state.model)

@@ -4,12 +4,18 @@ No function mutates the caller's model (each works on a deep copy, or only reads
 is a re-iterable sequence of ``(inputs, targets)`` and ``loss_fn(logits, targets)`` a scalar loss
 (e.g. ``F.cross_entropy``). The copy keeps the caller's train/eval mode (SynFlow forces eval).
 ``names`` selects the scored parameters (default ``prunable(model)``).
+
+Distributed training: data-driven scores take ``reduce``, called on the raw gradients (summed
+over ``batches``, before any |.|) to average them over ranks, so every rank scores the gradient
+of the global batch. Without ``reduce`` the one set by ``reducing_gradients`` applies (none by default).
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 
 import torch
 from torch import Tensor, nn
@@ -20,6 +26,26 @@ from drt.sparse.masks import MaskSet, prunable
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 Batches = Iterable[tuple[Tensor, Tensor]]
+GradReduce = Callable[[dict[str, Tensor]], None]  # e.g. averages the gradients over ranks, in place
+
+_REDUCE: ContextVar[GradReduce | None] = ContextVar("drt_grad_reduce", default=None)
+
+
+@contextmanager
+def reducing_gradients(reduce: GradReduce | None) -> Iterator[None]:
+    """Within the block, scores called without ``reduce`` reduce their raw gradients with this one."""
+    token = _REDUCE.set(reduce)
+    try:
+        yield
+    finally:
+        _REDUCE.reset(token)
+
+
+def _reduce_(grads: dict[str, Tensor], reduce: GradReduce | None) -> dict[str, Tensor]:
+    reduce = reduce or _REDUCE.get()
+    if reduce is not None:
+        reduce(grads)
+    return grads
 
 
 def _named(model: nn.Module, names: Sequence[str] | None) -> dict[str, nn.Parameter]:
@@ -32,8 +58,9 @@ def _named(model: nn.Module, names: Sequence[str] | None) -> dict[str, nn.Parame
 
 
 def _grads(model: nn.Module, params: dict[str, nn.Parameter], loss_fn: LossFn, batches: Batches,
-           scale: float = 1.0) -> dict[str, Tensor]:
-    """Gradient of the summed per-batch losses (of logits / scale) w.r.t. ``params``; no .grad written."""
+           scale: float = 1.0, reduce: GradReduce | None = None) -> dict[str, Tensor]:
+    """Gradient of the summed per-batch losses (of logits / scale) w.r.t. ``params``, then ``reduce``d;
+    no .grad written."""
     total = {n: torch.zeros_like(p) for n, p in params.items()}
     seen = False
     for x, y in batches:
@@ -43,7 +70,7 @@ def _grads(model: nn.Module, params: dict[str, nn.Parameter], loss_fn: LossFn, b
         seen = True
     if not seen:
         raise DrtError("data-driven scores need at least one batch; got none")
-    return total
+    return _reduce_(total, reduce)
 
 
 def random_scores(params: Mapping[str, Tensor], generator: torch.Generator) -> dict[str, Tensor]:
@@ -58,7 +85,7 @@ def magnitude_scores(params: Mapping[str, Tensor]) -> dict[str, Tensor]:
 
 
 def snip_scores(model: nn.Module, loss_fn: LossFn, batches: Batches,
-                names: Sequence[str] | None = None) -> dict[str, Tensor]:
+                names: Sequence[str] | None = None, reduce: GradReduce | None = None) -> dict[str, Tensor]:
     """SNIP (Lee et al. 2019) |g * theta| with g the gradient of the loss summed over ``batches``.
 
     Official SNIP uses one batch; with several, gradients are accumulated before the absolute
@@ -67,23 +94,23 @@ def snip_scores(model: nn.Module, loss_fn: LossFn, batches: Batches,
     """
     model = copy.deepcopy(model)
     params = _named(model, names)
-    grads = _grads(model, params, loss_fn, batches)
+    grads = _grads(model, params, loss_fn, batches, reduce=reduce)
     return {n: (grads[n] * p.detach()).abs() for n, p in params.items()}
 
 
 def grasp_scores(model: nn.Module, loss_fn: LossFn, batches: Batches, names: Sequence[str] | None = None,
-                 T: float = 200.0) -> dict[str, Tensor]:
+                 T: float = 200.0, reduce: GradReduce | None = None) -> dict[str, Tensor]:
     """GraSP (Wang et al. 2020) keep-score theta * Hg, the NEGATIVE of the paper's -theta * Hg.
 
     GraSP removes the largest -theta*Hg, so keeping the top-k of the returned score is exactly
     GraSP. Logits are divided by ``T``; g = sum of batch gradients with no graph, then
     Hg = sum over batches of grad(g . grad L_b) by double backprop (official code, without its
-    half-batch split, which only rescales).
+    half-batch split, which only rescales). ``reduce`` applies to g and to Hg.
     """
     model = copy.deepcopy(model)
     params = _named(model, names)
     batches = list(batches)
-    g = _grads(model, params, loss_fn, batches, scale=T)
+    g = _grads(model, params, loss_fn, batches, scale=T, reduce=reduce)
     hg = {n: torch.zeros_like(p) for n, p in params.items()}
     for x, y in batches:
         loss = loss_fn(model(x) / T, y)
@@ -91,6 +118,7 @@ def grasp_scores(model: nn.Module, loss_fn: LossFn, batches: Batches, names: Seq
         z = sum((g[n] * gf).sum() for n, gf in zip(params, grad_f, strict=True))
         for n, h in zip(params, torch.autograd.grad(z, list(params.values())), strict=True):
             hg[n] += h
+    _reduce_(hg, reduce)
     return {n: p.detach() * hg[n] for n, p in params.items()}
 
 
@@ -175,7 +203,8 @@ def _result(model: nn.Module, keep: dict[str, Tensor], params: Mapping[str, Tens
 
 
 def _iterative(model: nn.Module, loss_fn: LossFn, batches: Batches, sparsity: float, steps: int,
-               names: Sequence[str] | None, guard: bool, dense_theta: bool) -> tuple[MaskSet, dict]:
+               names: Sequence[str] | None, guard: bool, dense_theta: bool,
+               reduce: GradReduce | None) -> tuple[MaskSet, dict]:
     densities = _exp_schedule(sparsity, steps)
     net = copy.deepcopy(model)
     params = _named(net, names)
@@ -183,7 +212,7 @@ def _iterative(model: nn.Module, loss_fn: LossFn, batches: Batches, sparsity: fl
     batches = list(batches)
     keep, fired = None, set()
     for d in densities:
-        grads = _grads(net, params, loss_fn, batches)  # gradient w.r.t. the masked weights theta0 * m
+        grads = _grads(net, params, loss_fn, batches, reduce=reduce)  # w.r.t. the masked weights theta0 * m
         theta = theta0 if dense_theta else {n: p.detach() for n, p in params.items()}
         scores = {n: (theta[n] * grads[n]).abs() for n in params}
         keep = _prune_round(scores, None if dense_theta else keep, d, sparsity, guard, fired)
@@ -194,18 +223,20 @@ def _iterative(model: nn.Module, loss_fn: LossFn, batches: Batches, sparsity: fl
 
 
 def iterative_snip(model: nn.Module, loss_fn: LossFn, batches: Batches, sparsity: float, steps: int = 60,
-                   names: Sequence[str] | None = None, guard: bool = True) -> tuple[MaskSet, dict]:
+                   names: Sequence[str] | None = None, guard: bool = True,
+                   reduce: GradReduce | None = None) -> tuple[MaskSet, dict]:
     """Iterative SNIP (de Jorge et al. 2021): densities kappa^{(t+1)/T}, SNIP on the masked weights.
 
     Pruned weights score 0 and are excluded, so they never return. Returns (MaskSet, info).
     """
-    return _iterative(model, loss_fn, batches, sparsity, steps, names, guard, dense_theta=False)
+    return _iterative(model, loss_fn, batches, sparsity, steps, names, guard, dense_theta=False, reduce=reduce)
 
 
 def force(model: nn.Module, loss_fn: LossFn, batches: Batches, sparsity: float, steps: int = 60,
-          names: Sequence[str] | None = None, guard: bool = True) -> tuple[MaskSet, dict]:
+          names: Sequence[str] | None = None, guard: bool = True,
+          reduce: GradReduce | None = None) -> tuple[MaskSet, dict]:
     """FORCE (de Jorge et al. 2021): |theta0 * dL/dw| with w = theta0 * m, so pruned weights can return.
 
     Same schedule as ``iterative_snip``; every step re-ranks all weights. Returns (MaskSet, info).
     """
-    return _iterative(model, loss_fn, batches, sparsity, steps, names, guard, dense_theta=True)
+    return _iterative(model, loss_fn, batches, sparsity, steps, names, guard, dense_theta=True, reduce=reduce)

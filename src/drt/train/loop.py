@@ -17,9 +17,11 @@ from tqdm import tqdm
 
 from drt.analysis.cost import effective_flops, forward_flops, param_counts, peak_memory_mb
 from drt.data import Dataset, TensorLoader
+from drt.data.loader import rank_bounds
 from drt.errors import DrtError
 from drt.methods.base import Method, TrainState
 from drt.methods.driver import Driver
+from drt.train import distributed
 from drt.train.checkpoint import load_checkpoint, save_checkpoint
 from drt.train.config import TrainConfig, lr_at
 
@@ -49,18 +51,26 @@ def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextM
 
 @torch.no_grad()
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int, device: torch.device,
-             amp: bool = False) -> tuple[float, float]:
-    """(mean cross-entropy, accuracy) of ``model`` on a held-out split, in eval mode."""
+             amp: bool = False, *, sharded: bool = False) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy) of ``model`` on a held-out split, in eval mode.
+
+    ``sharded``: under torch.distributed each rank scores its slice and the sums are all-reduced
+    (call it on every rank; every rank gets the same numbers).
+    """
+    ranks = distributed.current() if sharded else distributed.Ranks()
+    lo, hi = rank_bounds(len(x), ranks.rank, ranks.world_size)
     was_training = model.training
     model.eval()
     loss_sum, correct = 0.0, 0
-    for i in range(0, len(x), batch_size):
-        xb, yb = x[i:i + batch_size].to(device), y[i:i + batch_size].to(device)
+    for i in range(lo, hi, batch_size):
+        xb, yb = x[i:min(i + batch_size, hi)].to(device), y[i:min(i + batch_size, hi)].to(device)
         with autocast(device, amp):
             out = model(xb)
         loss_sum += float(F.cross_entropy(out.float(), yb, reduction="sum"))
         correct += int((out.argmax(1) == yb).sum())
     model.train(was_training)
+    if sharded:
+        loss_sum, correct = distributed.all_reduce_sum(loss_sum, correct)
     return loss_sum / len(x), correct / len(x)
 
 
@@ -83,23 +93,31 @@ def train(
     Checkpoints after every epoch (atomically) to ``checkpoint``; with ``resume`` continues
     from it to the same result as an uninterrupted run. Raises ``DrtError`` on a NaN/Inf loss
     (the last good checkpoint is kept).
+
+    Under torch.distributed (call it on every rank): each rank trains on its chunk of every global
+    batch of ``world_size × cfg.batch_size`` through DDP; rank 0's weights and checkpoint are
+    shared with every rank at the start; only rank 0 writes files; metrics are global.
     """
+    ranks = distributed.current()
+    shard = {"rank": ranks.rank, "world_size": ranks.world_size, "drop_last": ranks.world_size > 1}
     loader = TensorLoader(data.x_train, data.y_train, cfg.batch_size, shuffle=True, augment=augment,
-                          seed=cfg.seed, device=device)
+                          seed=cfg.seed, device=device, **shard)
     score_loader = TensorLoader(data.x_train, data.y_train, cfg.batch_size, shuffle=True, seed=cfg.seed + 1,
-                                device=device)
+                                device=device, **shard)
     ckpt = Path(checkpoint) if checkpoint else None
-    resuming = resume and ckpt is not None and ckpt.exists()
+    resuming = distributed.on_main(lambda: resume and ckpt is not None and ckpt.exists())
+    distributed.broadcast_(model.to(device))  # one starting point on every rank, before masks are chosen
     drv = Driver(method, model, partial(make_optimizer, cfg), batches=lambda: iter(score_loader),
                  epochs=cfg.epochs, steps_per_epoch=len(loader), input_shape=tuple(data.input_shape),
                  num_classes=data.num_classes, regularisers=regularisers, weight_decay=cfg.weight_decay,
-                 seed=cfg.seed, device=device, run_dir=ckpt.parent if ckpt else None, setup=not resuming)
+                 seed=cfg.seed, device=device, run_dir=ckpt.parent if ckpt and ranks.is_main else None,
+                 setup=not resuming, wrap=distributed.wrapper(device))
     state = drv.state
     total_epochs = method.total_epochs(cfg.epochs)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp and device.type == "cuda")
     history: list[dict[str, Any]] = []
     if resuming:
-        payload = load_checkpoint(ckpt)
+        payload = distributed.on_main(lambda: load_checkpoint(ckpt))  # every rank: rank 0's file
         drv.load_state_dict(payload)
         scaler.load_state_dict(payload["scaler"])
         torch.set_rng_state(payload["rng"])
@@ -107,12 +125,13 @@ def train(
 
     while state.epoch < total_epochs:
         epoch = state.epoch
-        state.model.train()
+        drv.net.train()
         state.log = {}
         loader.set_epoch(epoch)
         loss_sum, correct, seen = torch.zeros((), device=device), torch.zeros((), device=device), 0
         t0 = time.perf_counter()
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{total_epochs}", leave=False, disable=not progress)
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{total_epochs}", leave=False,
+                   disable=not (progress and ranks.is_main))
         for i, (x, y) in enumerate(bar):
             t, length = method.schedule_position(epoch + i / len(loader), cfg.epochs)
             lr = lr_at(cfg, t, 1 / len(loader), length)
@@ -120,7 +139,7 @@ def train(
                 g["lr"] = lr
             state.x, state.y = x, y
             with autocast(device, cfg.amp):
-                out = state.model(x)
+                out = drv.net(x)
                 loss = state.loss_fn(out.float(), y)
             extra = drv.extra_loss(out)
             total = loss if extra is None else loss + extra.to(loss.dtype)
@@ -140,18 +159,20 @@ def train(
             correct += (out.argmax(1) == y).sum()
             seen += len(y)
         train_time = time.perf_counter() - t0
-        entry: dict[str, Any] = {"epoch": epoch + 1, "lr": lr, "train_loss": float(loss_sum) / seen,
-                                 "train_acc": float(correct) / seen, "train_time": train_time,
+        loss_sum, correct, seen = distributed.all_reduce_sum(loss_sum, correct, seen)
+        entry: dict[str, Any] = {"epoch": epoch + 1, "lr": lr, "train_loss": loss_sum / seen,
+                                 "train_acc": correct / seen, "train_time": train_time,
                                  "step_time": train_time / len(loader), "images_per_s": seen / train_time}
+        distributed.broadcast_(state.model, buffers_only=True)  # BN running stats: rank 0's everywhere
         entry["test_loss"], entry["test_acc"] = evaluate(state.model, data.x_test, data.y_test,
-                                                         cfg.eval_batch_size, device, cfg.amp)
+                                                         cfg.eval_batch_size, device, cfg.amp, sharded=True)
         if data.x_val is not None:
             entry["val_loss"], entry["val_acc"] = evaluate(state.model, data.x_val, data.y_val,
-                                                           cfg.eval_batch_size, device, cfg.amp)
+                                                           cfg.eval_batch_size, device, cfg.amp, sharded=True)
         drv.end_epoch(entry)
         entry.update(state.log)
         history.append(entry)
-        if ckpt is not None:
+        if ckpt is not None and ranks.is_main:
             save_checkpoint(ckpt, {**drv.state_dict(), "scaler": scaler.state_dict(), "rng": torch.get_rng_state(),
                                    "history": history})
         if on_epoch is not None:
