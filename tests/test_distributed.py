@@ -107,6 +107,7 @@ def _worker(rank: int, out: str) -> None:
         except DrtError as e:
             message = str(e)
         torch.save(message, Path(out) / f"mismatch-{rank}.pt")
+        dist.barrier()  # no rank tears gloo down while the other still has a collective in flight
     finally:
         dist.destroy_process_group()
 

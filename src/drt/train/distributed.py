@@ -74,6 +74,8 @@ def process_group(device: torch.device) -> Iterator[Ranks]:
         dist.init_process_group(backend)
     try:
         yield current()
+        if own and dist.is_initialized():
+            dist.barrier()  # no rank tears gloo down while another still has a collective in flight
     finally:
         if own and dist.is_initialized():
             dist.destroy_process_group()
