@@ -12,17 +12,15 @@ from drt.analysis.cost import param_counts
 from drt.cli import main
 from drt.errors import DrtError
 from drt.methods.base import Method, TrainState
-from drt.methods.lottery import (
-    IMP,
+from drt.methods.earlybird import (
     EarlyBird,
     EarlyBirdOptions,
-    IMPOptions,
     bn_producers,
     channel_masks,
     hamming_distances,
-    imp_schedule,
     ticket_drawn,
 )
+from drt.methods.lottery import IMP, IMPOptions, imp_schedule
 from drt.models import create
 from drt.sparse import kept_total, prunable
 from drt.train import TrainConfig, train
