@@ -11,15 +11,10 @@ import torch
 
 from drt.cli import Parser
 from drt.errors import DrtError
-from drt.experiments.analyze import (
-    add_analyze_parser,
-    cmd_analyze,
-    load_checkpoint_model,
-    load_run_model,
-    track_spectra,
-)
+from drt.experiments.analyze import add_analyze_parser, cmd_analyze, track_spectra
 from drt.experiments.analyze_cka import analyze_cka
 from drt.experiments.config import make_config
+from drt.experiments.loading import load_checkpoint_model, load_run_model
 from drt.experiments.runner import run
 from drt.pcn import pcn_layers
 from drt.train.loop import evaluate

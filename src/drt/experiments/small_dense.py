@@ -18,8 +18,8 @@ from typing import Any
 import torch
 
 from drt.errors import DrtError
-from drt.experiments.analyze import config_from_dict, load_data
 from drt.experiments.config import RunConfig, make_config
+from drt.experiments.loading import config_from_dict, load_data
 from drt.methods.base import NoOptions
 from drt.models import create, model_options
 
