@@ -188,3 +188,14 @@ def test_compact_export_roundtrip(tmp_path):
     assert int(zeroed["0.weight"].sum()) == masks.kept("0.weight")
     with pytest.raises(DrtError, match="format"):
         MaskSet.from_compact(fresh, {"dense": {}})
+
+
+def test_flop_counts_weight_masked_layers_by_density():
+    from drt.analysis.cost import flop_counts
+
+    model = nn.Sequential(nn.Linear(10, 20), nn.ReLU(), nn.Linear(20, 5))
+    dense = 2 * 10 * 20 + 2 * 20 * 5  # one sample: a multiply and an add per weight
+    mask = torch.zeros(20, 10, dtype=torch.bool)
+    mask[:, :3] = True  # 30% of the first layer kept
+    assert flop_counts(model, (10,)) == (dense, dense)
+    assert flop_counts(model, (10,), {"0.weight": mask}) == (dense, dense - round(0.7 * 2 * 10 * 20))

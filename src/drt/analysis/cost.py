@@ -72,9 +72,8 @@ def forward_flops(model: nn.Module, input_shape: tuple[int, ...], device: torch.
     return int(_count(model, input_shape, device).get_total_flops())
 
 
-def layer_flops(model: nn.Module, input_shape: tuple[int, ...], device: torch.device | str = "cpu") -> dict[str, int]:
-    """Forward FLOPs of one sample per leaf module (qualified name) that does any."""
-    counts = _count(model, input_shape, device).get_flop_counts()
+def _per_layer(model: nn.Module, counter: FlopCounterMode) -> dict[str, int]:
+    counts = counter.get_flop_counts()
     root = type(model).__name__
     out = {}
     for name, m in model.named_modules():
@@ -84,20 +83,35 @@ def layer_flops(model: nn.Module, input_shape: tuple[int, ...], device: torch.de
     return out
 
 
+def layer_flops(model: nn.Module, input_shape: tuple[int, ...], device: torch.device | str = "cpu") -> dict[str, int]:
+    """Forward FLOPs of one sample per leaf module (qualified name) that does any."""
+    return _per_layer(model, _count(model, input_shape, device))
+
+
+def flop_counts(
+    model: nn.Module, input_shape: tuple[int, ...], masks: Mapping[str, torch.Tensor] | None = None,
+    device: torch.device | str = "cpu",
+) -> tuple[int, int]:
+    """(dense-equivalent, effective) forward FLOPs of one sample from one counted pass; effective
+    weights each masked layer's FLOPs by its weight density."""
+    counter = _count(model, input_shape, device)
+    total = int(counter.get_total_flops())
+    if not masks:
+        return total, total
+    saved = 0.0
+    for name, f in _per_layer(model, counter).items():
+        mask = masks.get(f"{name}.weight")
+        if mask is not None:
+            saved += f * (1.0 - float(mask.float().mean()))
+    return total, int(round(total - saved))
+
+
 def effective_flops(
     model: nn.Module, input_shape: tuple[int, ...], masks: Mapping[str, torch.Tensor] | None = None,
     device: torch.device | str = "cpu",
 ) -> int:
     """Forward FLOPs with each masked layer's FLOPs weighted by its weight density."""
-    total = forward_flops(model, input_shape, device)
-    if not masks:
-        return total
-    saved = 0.0
-    for name, f in layer_flops(model, input_shape, device).items():
-        mask = masks.get(f"{name}.weight")
-        if mask is not None:
-            saved += f * (1.0 - float(mask.float().mean()))
-    return int(round(total - saved))
+    return flop_counts(model, input_shape, masks, device)[1]
 
 
 def peak_memory_mb(device: torch.device) -> float:

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from drt.analysis.cost import effective_flops, forward_flops, param_counts, peak_memory_mb
+from drt.analysis.cost import flop_counts, param_counts, peak_memory_mb
 from drt.data import Dataset, TensorLoader
 from drt.data.loader import rank_bounds
 from drt.errors import DrtError
@@ -188,8 +188,7 @@ def final_metrics(state: TrainState, method: Method, history: list[dict[str, Any
     counts = param_counts(state.model, masks, method.frozen_masks())
     out = {k: last[k] for k in ("test_acc", "test_loss", "train_loss", "train_acc", "val_acc") if k in last}
     out.update({f"params_{k}": v for k, v in counts.items()})
-    out["flops"] = forward_flops(state.model, state.input_shape, device)
-    out["flops_effective"] = effective_flops(state.model, state.input_shape, masks, device)
+    out["flops"], out["flops_effective"] = flop_counts(state.model, state.input_shape, masks, device)
     steady = history[1:] or history  # the first epoch includes warm-up
     out["step_time"] = sum(h["step_time"] for h in steady) / len(steady)
     out["images_per_s"] = sum(h["images_per_s"] for h in steady) / len(steady)
