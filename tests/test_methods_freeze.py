@@ -58,6 +58,8 @@ def test_frozen_weights_stay_bit_identical_and_counts_match(digits, case, opt):
         if n in method.whole:
             assert not p.requires_grad
     counts = param_counts(result.model, method.masks(), trained)
+    if case == "freezenet":  # stored as its trained entries plus the init seed
+        counts["stored"] = counts["trainable"] + 1
     assert counts == {k[len("params_"):]: v for k, v in result.final.items() if k.startswith("params_")}
     assert counts["trainable"] == changed and counts["frozen"] == counts["total"] - changed > 0
     assert result.final["frozen_params"] == counts["frozen"]
@@ -88,6 +90,10 @@ def test_freezenet_compact_export_round_trips_to_the_same_function(digits, tmp_p
     stored = sum(e["value"].numel() for e in compact["trained"].values()) + sum(
         t.numel() for t in compact["dense"].values())
     assert stored < sum(p.numel() for p in result.model.parameters()) / 3  # weights + seed, not dense θ
+    assert result.final["params_stored"] == result.final["params_trainable"] + 1  # the accounting says the same
+    trained_params = sum(e["value"].numel() for e in compact["trained"].values()) + sum(
+        p.numel() for n, p in result.model.named_parameters() if n in compact["dense"])
+    assert trained_params == result.final["params_trainable"]
     method.spec["seed"] += 1
     with pytest.raises(DrtError, match="differ from create"):
         method.export(result.model, "conv4", width=8)

@@ -8,7 +8,8 @@ Counting rules (stated wherever numbers are shown):
   ``drt_frozen_numel()`` (e.g. a PCN layer's basis V and mean μ). BN running statistics are not
   weights and are not counted.
 - ``trainable``: the trained dimension d = total − masked − (frozen parameters).
-- ``stored``: numbers needed to store the model = total − masked + declared frozen buffers.
+- ``stored``: numbers needed to store the model = total − masked + declared frozen buffers (FreezeNet
+  reports trainable + 1: its frozen weights are regenerated from the init seed).
 FLOPs come from ``torch.utils.flop_counter`` (a multiply-add counts 2), forward, per sample.
 """
 

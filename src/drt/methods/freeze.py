@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from drt.analysis.cost import param_counts
 from drt.errors import DrtError
 from drt.methods.base import METHODS, Method, TrainState
 from drt.methods.sparse_base import check_ranks_agree, rank_mean_, score_batches
@@ -150,8 +151,10 @@ class FreezeNet(FreezeMethod):
         weights = prunable(state.model)
         numel = sum(p.numel() for p in weights.values())
         frozen = sum(int((~self.frozen_masks().get(n, torch.ones(1, dtype=torch.bool))).sum()) for n in weights)
+        trainable = param_counts(state.model, None, self.frozen_masks())["trainable"]
         return {**super().summary(state), "sparsity_target": self.options.sparsity,
-                "frozen_of_prunable": frozen / numel, "prunable_params": numel}
+                "frozen_of_prunable": frozen / numel, "prunable_params": numel,
+                "params_stored": trainable + 1, "stored_counts": "trained entries + the init seed (export())"}
 
     def export(self, model: nn.Module, name: str, **options: Any) -> dict[str, Any]:
         """Compact FreezeNet model: trained entries (index + value), other trained tensors, and the seed.
