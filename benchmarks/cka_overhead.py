@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import argparse
 import copy
-import statistics
 import sys
-import time
+from functools import partial
 
 import torch
 import torch.nn.functional as F
-from common import data_root, write_result
+from common import data_root, interleaved_medians, write_result
 
 from drt.analysis.hooks import FeatureHooks
 from drt.cka import cka_sr_loss, cka_sr_reference
@@ -29,8 +28,7 @@ VARIANTS = {"plain": None, "stacked n=8": (cka_sr_loss, 8), "naive n=8": (cka_sr
             "stacked n=full": (cka_sr_loss, -1), "naive n=full": (cka_sr_reference, -1)}
 
 
-def step(model, opt, hooks, stages, x, y, variant) -> float:
-    t = time.perf_counter()
+def step(model, opt, hooks, stages, x, y, variant) -> None:
     loss = F.cross_entropy(model(x), y)
     if variant is not None:
         fn, n = variant
@@ -39,7 +37,6 @@ def step(model, opt, hooks, stages, x, y, variant) -> float:
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
-    return time.perf_counter() - t
 
 
 def main() -> None:
@@ -58,15 +55,9 @@ def main() -> None:
         m = copy.deepcopy(base)
         runs[name] = (m, torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9),
                       FeatureHooks(m, [n for s in stages for n in s]))
-    times: dict[str, list[float]] = {n: [] for n in VARIANTS}
-    for name, (m, opt, hooks) in runs.items():  # warm-up
-        step(m, opt, hooks, stages, x, y, VARIANTS[name])
-    for _ in range(args.steps):
-        for name, (m, opt, hooks) in runs.items():
-            times[name].append(step(m, opt, hooks, stages, x, y, VARIANTS[name]))
-    plain = statistics.median(times["plain"])
-    rows = [{"variant": n, "median_ms": round(1000 * statistics.median(t), 2),
-             "overhead_pct": round(100 * (statistics.median(t) / plain - 1), 2)} for n, t in times.items()]
+    times = interleaved_medians({n: partial(step, *r, stages, x, y, VARIANTS[n]) for n, r in runs.items()}, args.steps)
+    rows = [{"variant": n, "median_ms": round(1000 * t, 2), "overhead_pct": round(100 * (t / times["plain"] - 1), 2)}
+            for n, t in times.items()]
     for r in rows:
         print(r)
     out = write_result("cka_overhead", rows, "python benchmarks/cka_overhead.py " + " ".join(sys.argv[1:]),

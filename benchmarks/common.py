@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -30,3 +32,19 @@ def write_result(name: str, rows: list[dict[str, Any]], command: str, **extra: A
                "env": environment(torch.device("cpu")), **extra, "rows": rows}
     out.write_text(json.dumps(payload, indent=2))
     return out
+
+
+def interleaved_medians(calls: Mapping[str, Callable[[], object]], steps: int, warmup: int = 1) -> dict[str, float]:
+    """Median seconds per call of each named callable, timed round-robin in one process.
+
+    Interleaving makes machine noise hit every variant alike, so ratios between them are fair;
+    ``warmup`` untimed rounds run first (allocator, kernel selection).
+    """
+    times: dict[str, list[float]] = {n: [] for n in calls}
+    for i in range(warmup + steps):
+        for n, fn in calls.items():
+            t = time.perf_counter()
+            fn()
+            if i >= warmup:
+                times[n].append(time.perf_counter() - t)
+    return {n: statistics.median(t) for n, t in times.items()}

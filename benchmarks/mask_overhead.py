@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import argparse
 import copy
-import statistics
 import sys
-import time
+from functools import partial
 
 import torch
 import torch.nn.functional as F
-from common import data_root, write_result
+from common import data_root, interleaved_medians, write_result
 from torch.nn.utils import prune
 
 from drt.data import load
@@ -27,8 +26,7 @@ from drt.models import create
 from drt.sparse import masks_from_scores, prunable, random_scores
 
 
-def step(model, opt, x, y, masks=None) -> float:
-    t = time.perf_counter()
+def step(model, opt, x, y, masks=None) -> None:
     loss = F.cross_entropy(model(x), y)
     opt.zero_grad(set_to_none=True)
     loss.backward()
@@ -37,7 +35,6 @@ def step(model, opt, x, y, masks=None) -> float:
     opt.step()
     if masks is not None:
         masks.apply_(model, opt)
-    return time.perf_counter() - t
 
 
 def main() -> None:
@@ -60,16 +57,10 @@ def main() -> None:
         prune.custom_from_mask(modules[name.rsplit(".", 1)[0]], "weight", masks[name])
     opts = {n: torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4) for n, m in models.items()}
     use = {"dense": None, "drt-mask": masks, "torch-prune": None}
-    times: dict[str, list[float]] = {n: [] for n in models}
-    for n, m in models.items():  # warm-up
-        step(m, opts[n], x, y, use[n])
-    for _ in range(args.steps):
-        for n, m in models.items():
-            times[n].append(step(m, opts[n], x, y, use[n]))
-    base_t = statistics.median(times["dense"])
+    times = interleaved_medians({n: partial(step, m, opts[n], x, y, use[n]) for n, m in models.items()}, args.steps)
     kept_ok = all(torch.count_nonzero(p[~masks[n]]) == 0 for n, p in prunable(models["drt-mask"]).items())
-    rows = [{"step": n, "median_ms": round(1000 * statistics.median(t), 2),
-             "overhead_vs_dense_pct": round(100 * (statistics.median(t) / base_t - 1), 2)} for n, t in times.items()]
+    rows = [{"step": n, "median_ms": round(1000 * t, 2),
+             "overhead_vs_dense_pct": round(100 * (t / times["dense"] - 1), 2)} for n, t in times.items()]
     for r in rows:
         print(r)
     out = write_result("mask_overhead", rows, "python benchmarks/mask_overhead.py " + " ".join(sys.argv[1:]),

@@ -14,13 +14,12 @@ reported. Target (issue 3): step speed-up >= 0.8 x forward-FLOP ratio.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
+from functools import partial
 
 import torch
 import torch.nn.functional as F
-from common import data_root, write_result
+from common import data_root, interleaved_medians, write_result
 
 import drt.pcn
 from drt.analysis.cost import forward_flops, param_counts
@@ -30,20 +29,18 @@ from drt.models import create
 REFERENCE = {**{f"conv{i}": 64 for i in (8, 9, 10)}, **{f"conv{i}": 32 for i in (11, 12, 13)}}
 
 
-def timed_step(model, opt, x, y) -> float:
-    t = time.perf_counter()
+def train_step(model, opt, x, y) -> None:
+    model.train()
     loss = F.cross_entropy(model(x), y)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
-    return time.perf_counter() - t
 
 
 @torch.no_grad()
-def timed_forward(model, x) -> float:
-    t = time.perf_counter()
+def forward(model, x) -> None:
+    model.eval()
     model(x)
-    return time.perf_counter() - t
 
 
 def main() -> None:
@@ -61,24 +58,18 @@ def main() -> None:
               "reference+output": drt.pcn.compress(dense, stats, keep=REFERENCE, output=True)}
     x, y = data.x_train[:args.batch_size], data.y_train[:args.batch_size]
     opts = {n: torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4) for n, m in models.items()}
-    steps: dict[str, list[float]] = {n: [] for n in models}
-    fwd: dict[str, list[float]] = {n: [] for n in models}
-    for n, m in models.items():  # warm-up
-        m.train()
-        timed_step(m, opts[n], x, y)
-    for _ in range(args.steps):  # interleaved so that machine noise hits every model alike
-        for n, m in models.items():
-            m.train()
-            steps[n].append(timed_step(m, opts[n], x, y))
-            m.eval()
-            fwd[n].append(timed_forward(m, x))
-    base_step, base_fwd = statistics.median(steps["dense"]), statistics.median(fwd["dense"])
+    calls = {}
+    for n, m in models.items():
+        calls[(n, "step")] = partial(train_step, m, opts[n], x, y)
+        calls[(n, "forward")] = partial(forward, m, x)
+    times = interleaved_medians(calls, args.steps)
+    base_step, base_fwd = times[("dense", "step")], times[("dense", "forward")]
     base_flops = forward_flops(dense, (3, 32, 32))
     rows = []
     for n, m in models.items():
         flops = forward_flops(m, (3, 32, 32))
         counts = param_counts(m)
-        s, f = statistics.median(steps[n]), statistics.median(fwd[n])
+        s, f = times[(n, "step")], times[(n, "forward")]
         conv_lin = sum(p.numel() for name, p in m.named_parameters() if "bn" not in name)
         rows.append({"config": n, "trainable_conv_linear": conv_lin, "frozen_basis": counts["frozen"],
                      "mflops": round(flops / 1e6, 2), "flop_ratio": round(base_flops / flops, 3),
