@@ -10,12 +10,10 @@ over seeds; timing tables come from the side-by-side measurements in benchmarks/
 from __future__ import annotations
 
 import json
-import statistics
-from collections import defaultdict
-from typing import Any
 
 from common import RESULTS, ROOT
 
+from drt.experiments.report import COLUMNS, group_runs, table_rows
 from drt.experiments.store import Store
 
 SUITE_NOTES = {
@@ -25,56 +23,17 @@ SUITE_NOTES = {
 }
 
 
-def mean_std(xs: list[float], scale: float = 100.0) -> str:
-    if not xs:
-        return "-"
-    m = statistics.mean(xs) * scale
-    return f"{m:.2f} ± {statistics.stdev(xs) * scale:.2f}" if len(xs) > 1 else f"{m:.2f}"
-
-
-def variant(cfg: dict[str, Any]) -> str:
-    """The method and its non-default budget settings, as a label."""
-    opts = cfg.get("method_options") or {}
-    parts = [cfg["method"]]
-    if cfg["method"] == "dense" and (cfg["model"].get("hidden") or cfg["model"].get("width")):
-        parts = ["small-dense" + (f" width={cfg['model']['width']}" if cfg["model"].get("width") else "")
-                 + (f" hidden={cfg['model']['hidden']}" if cfg["model"].get("hidden") else "")]
-    for k in ("sparsity", "pcn_keep", "pcn_epoch", "pcn_output", "imp_rounds", "eb_ratio", "distribution",
-              "tp_target"):
-        if k in opts and opts[k] not in (None, False):
-            parts.append(f"{k}={opts[k]}")
-    for r, o in zip(cfg.get("reg", []), cfg.get("reg_options", []), strict=False):
-        parts.append(f"+{r}(β={o.get('cka_beta')})")
-    return " ".join(parts)
-
-
 def accuracy_tables(store: Store) -> list[str]:
-    groups: dict[tuple, dict[str, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
-    for r in store.runs("done"):
-        c = r["config"]
-        base_width = c["model"].get("width") if c["method"] != "dense" else None  # small-dense joins its group
-        key = (c["model"]["model"], base_width, c["data"]["dataset"], c["data"].get("subset"), c["train"]["epochs"])
-        groups[key][variant(c)].append(r)
+    """One table per model, data set, training subset and length: mean ± std over seeds (drt report's rows)."""
     out = []
-    for (model, width, dataset, subset, epochs), variants in sorted(groups.items(), key=str):
-        title = f"{model}{f' width {width}' if width else ''} on {dataset}"
-        title += f" ({subset} training images)" if subset else " (full training set)"
-        out += [f"### {title}, {epochs} epochs", "",
-                "| method | seeds | test acc % (mean ± std) | trainable params | frozen | MFLOPs/sample (eff.) | "
-                "ms/step |", "|---|---|---|---|---|---|---|"]
-        rows = []
-        for name, runs in variants.items():
-            ms = [r["metrics"] for r in runs]
-            rows.append((statistics.mean(m["test_acc"] for m in ms), name, ms, runs))
-        for _, name, ms, runs in sorted(rows, reverse=True):
-            seeds = ",".join(str(r["seed"]) for r in runs)
-            out.append(f"| {name} | {seeds} | {mean_std([m['test_acc'] for m in ms])} | "
-                       f"{round(statistics.mean(m['params_trainable'] for m in ms)):,} | "
-                       f"{round(statistics.mean(m['params_frozen'] for m in ms)):,} | "
-                       f"{statistics.mean(m['flops'] for m in ms) / 1e6:.2f} "
-                       f"({statistics.mean(m['flops_effective'] for m in ms) / 1e6:.2f}) | "
-                       f"{1000 * statistics.mean(m['step_time'] for m in ms):.1f} |")
-        out.append("")
+    for group in group_runs(store.runs("done"), by=("dataset", "model", "subset", "epochs")):
+        k = group.key
+        title = f"{k['model']} on {k['dataset']}, " + (f"{k['subset']} training images" if k["subset"]
+                                                         else "full training set") + f", {k['epochs']} epochs"
+        common = ", ".join(f"{a}={b}" for a, b in group.common.items())
+        out += [f"### {title}", "", *([f"Shared settings: {common}", ""] if common else []),
+                "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS),
+                *("| " + " | ".join(r) + " |" for r in table_rows(group)), ""]
     return out
 
 
