@@ -24,9 +24,8 @@ from drt.experiments.store import Store
 def configs(name: str) -> list[RunConfig]:
     """The suite's run configs, reading data from the data root of this machine."""
     if name.startswith("peers-"):
-        dataset = {"peers-fmnist": "fashion-mnist", "peers-cifar": "cifar10"}[name]
         store = RESULTS / "drt.sqlite"
-        planned = peer_configs(Store(store).runs("done"), dataset) if store.exists() else []
+        planned = peer_configs(Store(store).runs("done"), name) if store.exists() else []
         return [replace(c, data=replace(c.data, data_root=str(data_root()), data_dir=None)) for c in planned]
     out = []
     for values in SUITES[name]:

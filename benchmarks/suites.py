@@ -52,17 +52,35 @@ SUITES: dict[str, list[dict[str, Any]]] = {
                      "distribution": "erk"},
                     [{"sparsity": s, **r} for s in (0.9, 0.95)
                      for r in ({}, {"reg": "cka-sr", "cka_beta": 1e-4})], (0, 1, 2)),
-    # issue 6: peers at PCN's trainable-parameter count are planned from finished PCN runs (run_suite.py)
+    # PCN in the sparse-cifar setting, so that one table compares it with every sparse method and the peers
+    "pcn-cifar-subset": _grid({**CIFAR, "model": "resnet20", "epochs": 8, "subset": 10000},
+                              [{"method": "pcn", "pcn_epoch": "2", "pcn_keep": "0.99"},
+                               {"method": "pcn", "pcn_epoch": "2", "pcn_keep": "0.99", "pcn_output": True}], (0, 1)),
+    # issue 6: small-dense and Torch-Pruning at PCN's trainable-parameter count, planned from the finished
+    # PCN runs that match PEERS_OF[suite] (run_suite.py)
     "peers-fmnist": [],
     "peers-cifar": [],
+    "peers-vgg11": [],
     # the demo's data set, for a quick check of the whole pipeline
     "smoke": _grid({"dataset": "mnist5k", "model": "lenet5", "epochs": 2}, [{"method": "dense"}], (0,)),
 }
 
 
-def peer_configs(runs: list[dict[str, Any]], dataset: str) -> list[Any]:
-    """Small-dense and Torch-Pruning runs matching each finished PCN result's trainable count."""
+PEERS_OF: dict[str, dict[str, Any]] = {
+    "peers-fmnist": {"dataset": "fashion-mnist", "model": "lenet5"},
+    "peers-cifar": {"dataset": "cifar10", "model": "resnet20", "subset": 10000, "epochs": 8},
+    "peers-vgg11": {"dataset": "cifar10", "model": "vgg11", "subset": None, "epochs": 15},
+}
+
+
+def peer_configs(runs: list[dict[str, Any]], suite: str) -> list[Any]:
+    """Small-dense and Torch-Pruning runs matching the trainable count of each finished PCN run selected
+    by ``PEERS_OF[suite]`` (settings of the data, model and train sections)."""
     from drt.experiments.small_dense import small_dense_for_runs, tp_channel_for_runs
 
-    pcn = [r for r in runs if r["config"]["data"]["dataset"] == dataset and r["config"]["method"] == "pcn"]
+    def selected(c: dict[str, Any]) -> bool:
+        flat = {**c["data"], **c["model"], **c["train"]}
+        return c["method"] == "pcn" and all(flat.get(k) == v for k, v in PEERS_OF[suite].items())
+
+    pcn = [r for r in runs if selected(r["config"])]
     return small_dense_for_runs(pcn) + tp_channel_for_runs(pcn)

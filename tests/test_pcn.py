@@ -381,3 +381,13 @@ def test_subspace_overlaps_between_collections():
     other = pcn.subspace_overlaps(a, b, keep=4)
     assert all(0.5 < v <= 1.0 + 1e-12 for v in other.values())  # same distribution: similar subspaces
     assert pcn.subspace_overlaps(a, b, keep="all")["fc2"] == pytest.approx(1.0)  # k = d: whole space
+
+
+def test_flops_per_sample_count_the_projection_not_the_per_batch_bias_folding():
+    from drt.analysis.cost import forward_flops
+    from drt.pcn.layers import PCNLinear
+
+    d, k, out = 40, 7, 12
+    layer = PCNLinear(d, k, out)  # its mean is folded into the bias once per batch, not per sample
+    assert forward_flops(layer, (d,)) == 2 * (d * k + k * out)
+    assert forward_flops(nn.Linear(d, out), (d,)) == 2 * d * out

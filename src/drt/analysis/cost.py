@@ -10,7 +10,8 @@ Counting rules (stated wherever numbers are shown):
 - ``trainable``: the trained dimension d = total − masked − (frozen parameters).
 - ``stored``: numbers needed to store the model = total − masked + declared frozen buffers (FreezeNet
   reports trainable + 1: its frozen weights are regenerated from the init seed).
-FLOPs come from ``torch.utils.flop_counter`` (a multiply-add counts 2), forward, per sample.
+FLOPs come from ``torch.utils.flop_counter`` (a multiply-add counts 2), forward, per sample (a batch of
+2 minus a batch of 1, so per-batch work such as a PCN layer's bias folding is not charged per sample).
 """
 
 from __future__ import annotations
@@ -55,52 +56,54 @@ def param_counts(
     }
 
 
-def _count(model: nn.Module, input_shape: tuple[int, ...], device: torch.device | str) -> FlopCounterMode:
+def _counted_pass(model: nn.Module, batch: int, input_shape: tuple[int, ...],
+                  device: torch.device | str) -> tuple[int, dict[str, int]]:
+    """(total FLOPs, per leaf module) of one eval-mode forward pass of ``batch`` zero inputs."""
+    x = torch.zeros((batch, *input_shape), device=device, dtype=next(model.parameters()).dtype)
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        model(x)
+    counts, root = counter.get_flop_counts(), type(model).__name__
+    layers = {name: int(sum(counts[f"{root}.{name}"].values())) for name, m in model.named_modules()
+              if name and not list(m.children()) and f"{root}.{name}" in counts}
+    return int(counter.get_total_flops()), layers
+
+
+def _count(model: nn.Module, input_shape: tuple[int, ...], device: torch.device | str) -> tuple[int, dict[str, int]]:
+    """Per-sample (total, per leaf module) FLOPs: a batch of 2 minus a batch of 1, so that work done once
+    per batch (a PCN layer folding its mean into the bias) is not counted as per-sample work."""
     was_training = model.training
     model.eval()
-    x = torch.zeros((1, *input_shape), device=device, dtype=next(model.parameters()).dtype)
-    counter = FlopCounterMode(display=False)
     try:
-        with torch.no_grad(), counter:
-            model(x)
+        one_total, one = _counted_pass(model, 1, input_shape, device)
+        two_total, two = _counted_pass(model, 2, input_shape, device)
     finally:
         model.train(was_training)
-    return counter
+    per_layer = {n: two[n] - one.get(n, 0) for n in two if two[n] - one.get(n, 0) > 0}
+    return two_total - one_total, per_layer
 
 
 def forward_flops(model: nn.Module, input_shape: tuple[int, ...], device: torch.device | str = "cpu") -> int:
     """Dense-equivalent forward FLOPs of one sample, counted by PyTorch's flop counter."""
-    return int(_count(model, input_shape, device).get_total_flops())
-
-
-def _per_layer(model: nn.Module, counter: FlopCounterMode) -> dict[str, int]:
-    counts = counter.get_flop_counts()
-    root = type(model).__name__
-    out = {}
-    for name, m in model.named_modules():
-        key = f"{root}.{name}" if name else root
-        if name and not list(m.children()) and key in counts:
-            out[name] = int(sum(counts[key].values()))
-    return out
+    return _count(model, input_shape, device)[0]
 
 
 def layer_flops(model: nn.Module, input_shape: tuple[int, ...], device: torch.device | str = "cpu") -> dict[str, int]:
     """Forward FLOPs of one sample per leaf module (qualified name) that does any."""
-    return _per_layer(model, _count(model, input_shape, device))
+    return _count(model, input_shape, device)[1]
 
 
 def flop_counts(
     model: nn.Module, input_shape: tuple[int, ...], masks: Mapping[str, torch.Tensor] | None = None,
     device: torch.device | str = "cpu",
 ) -> tuple[int, int]:
-    """(dense-equivalent, effective) forward FLOPs of one sample from one counted pass; effective
-    weights each masked layer's FLOPs by its weight density."""
-    counter = _count(model, input_shape, device)
-    total = int(counter.get_total_flops())
+    """(dense-equivalent, effective) forward FLOPs of one sample from one count; effective weights
+    each masked layer's FLOPs by its weight density."""
+    total, per_layer = _count(model, input_shape, device)
     if not masks:
         return total, total
     saved = 0.0
-    for name, f in _per_layer(model, counter).items():
+    for name, f in per_layer.items():
         mask = masks.get(f"{name}.weight")
         if mask is not None:
             saved += f * (1.0 - float(mask.float().mean()))
