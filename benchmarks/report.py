@@ -43,12 +43,12 @@ def json_table(name: str) -> list[str]:
         return [f"*(not measured yet: `{name}`)*", ""]
     res = json.loads(path.read_text())
     rows = res["rows"]
-    cols = list(rows[0])
+    cols = list(dict.fromkeys(c for r in rows for c in r))  # rows of different measures share one table
     env = res["env"]
     return [f"Command: `{res['command']}` — {res['date']}, torch {env['torch']}, {env['cpu']} "
             f"({env['cpu_count']} cores, {env['torch_threads']} threads), code {env['code_version']}", "",
             "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols),
-            *("| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows), ""]
+            *("| " + " | ".join(str(r.get(c, "")) for c in cols) + " |" for r in rows), ""]
 
 
 def main() -> None:
@@ -59,6 +59,15 @@ def main() -> None:
              "## PCN: step time and inference latency vs forward FLOPs", "", *json_table("pcn_speed"),
              "## Masking overhead", "", *json_table("mask_overhead"),
              "## CKA-SR overhead", "", *json_table("cka_overhead"),
+             "## CKA-SR reference runs: weight magnitudes", "", *json_table("cka_weights"),
+             *(["![log10 |w| of the active weights](benchmarks/results/cka_weights.png)", ""]
+               if (RESULTS / "cka_weights.png").exists() else []),
+             "## Distributed: 1 vs 2 processes", "", *json_table("ddp"),
+             "## Trained models side by side: training step and inference (batch 128)", "",
+             "Dense, PCN, small-dense and Torch-Pruning models of one seed from the results store, "
+             "timed interleaved in one process (`benchmarks/step_speed.py`).", "",
+             *[line for p in sorted(RESULTS.glob("speed-*.json")) for line in
+               [f"### {p.stem.removeprefix('speed-')}", "", *json_table(p.stem)]],
              "## Accuracy (results store)", "",
              "Suites: " + "; ".join(f"{k}: {v}" for k, v in SUITE_NOTES.items()), ""]
     db = RESULTS / "drt.sqlite"

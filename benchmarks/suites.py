@@ -34,7 +34,8 @@ def _sparse(base: dict[str, Any], seeds: tuple[int, ...]) -> list[dict[str, Any]
 
 SUITES: dict[str, list[dict[str, Any]]] = {
     # issue 3: dense vs PCN
-    "pcn-vgg11": _grid({**CIFAR, "model": "vgg11", "epochs": 15}, [{"method": "dense"}, PCN_VGG], (0,)),
+    # lr 0.05: at 0.1 VGG-11 did not learn in its first epoch (train loss 2.64, 11% accuracy)
+    "pcn-vgg11": _grid({**CIFAR, "model": "vgg11", "epochs": 15, "lr": 0.05}, [{"method": "dense"}, PCN_VGG], (0,)),
     "pcn-resnet20": _grid({**CIFAR, "model": "resnet20", "epochs": 15},
                           [{"method": "dense"}, {"method": "pcn", "pcn_epoch": "2", "pcn_keep": "0.99"}], (0,)),
     "pcn-resnet20w64": _grid({**CIFAR, "model": "resnet20", "width": 64, "epochs": 5, "subset": 10000},
@@ -66,21 +67,28 @@ SUITES: dict[str, list[dict[str, Any]]] = {
 }
 
 
-PEERS_OF: dict[str, dict[str, Any]] = {
-    "peers-fmnist": {"dataset": "fashion-mnist", "model": "lenet5"},
-    "peers-cifar": {"dataset": "cifar10", "model": "resnet20", "subset": 10000, "epochs": 8},
-    "peers-vgg11": {"dataset": "cifar10", "model": "vgg11", "subset": None, "epochs": 15},
+# Named settings: the data, model and train values that select one comparison's runs in the store
+SETTINGS: dict[str, dict[str, Any]] = {
+    "fmnist": {"dataset": "fashion-mnist", "model": "lenet5", "epochs": 15},
+    "cifar-subset": {"dataset": "cifar10", "model": "resnet20", "subset": 10000, "epochs": 8},
+    "vgg11": {"dataset": "cifar10", "model": "vgg11", "subset": None, "epochs": 15, "lr": 0.05},
+    "resnet20": {"dataset": "cifar10", "model": "resnet20", "subset": None, "epochs": 15},
+    "resnet20w64": {"dataset": "cifar10", "model": "resnet20", "width": 64, "subset": 10000, "epochs": 5},
 }
+PEERS_OF = {"peers-fmnist": "fmnist", "peers-cifar": "cifar-subset", "peers-vgg11": "vgg11"}
+
+
+def selects(config: dict[str, Any], setting: str, methods: tuple[str, ...] | None = None) -> bool:
+    """Whether a stored run config belongs to ``SETTINGS[setting]`` (and uses one of ``methods``)."""
+    flat = {**config["data"], **config["model"], **config["train"]}
+    return (methods is None or config["method"] in methods) and \
+        all(flat.get(k) == v for k, v in SETTINGS[setting].items())
 
 
 def peer_configs(runs: list[dict[str, Any]], suite: str) -> list[Any]:
-    """Small-dense and Torch-Pruning runs matching the trainable count of each finished PCN run selected
-    by ``PEERS_OF[suite]`` (settings of the data, model and train sections)."""
+    """Small-dense and Torch-Pruning runs matching the trainable count of each finished PCN run of the
+    suite's setting (``PEERS_OF``)."""
     from drt.experiments.small_dense import small_dense_for_runs, tp_channel_for_runs
 
-    def selected(c: dict[str, Any]) -> bool:
-        flat = {**c["data"], **c["model"], **c["train"]}
-        return c["method"] == "pcn" and all(flat.get(k) == v for k, v in PEERS_OF[suite].items())
-
-    pcn = [r for r in runs if selected(r["config"])]
+    pcn = [r for r in runs if selects(r["config"], PEERS_OF[suite], ("pcn",))]
     return small_dense_for_runs(pcn) + tp_channel_for_runs(pcn)

@@ -1,12 +1,11 @@
-"""Training-step time of PCN vs its peers at equal trainable parameters, side by side in one run.
+"""Training-step time and inference latency of PCN, its peers and dense, side by side in one run.
 
-    python benchmarks/peer_speed.py peers-cifar [--steps 20] [--seed 0]
+    python benchmarks/step_speed.py cifar-subset [--steps 20] [--seed 0]
 
-For the PCN runs a peers suite is planned from (suites.PEERS_OF) and their small-dense and
-Torch-Pruning peers, plus the dense run of the same setting: the trained models are loaded from
-benchmarks/results (rebuilt by their own plug-ins: PCN layers, pruned channels), and one SGD step
-on the same real batch is timed round-robin, so the ratios are fair on a noisy machine. Writes
-benchmarks/results/peer_speed-<suite>.json.
+For one named setting (suites.SETTINGS) the trained dense, PCN, small-dense and Torch-Pruning
+models of one seed are loaded from benchmarks/results (rebuilt by their own plug-ins: PCN layers,
+pruned channels); one SGD step and one eval-mode forward pass on the same real batch are timed
+round-robin, so the ratios are fair on a noisy machine. Writes benchmarks/results/speed-<setting>.json.
 """
 
 from __future__ import annotations
@@ -19,7 +18,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from common import RESULTS, data_root, interleaved_medians, write_result
-from suites import PEERS_OF
+from suites import SETTINGS, selects
 
 from drt.analysis.cost import forward_flops, param_counts
 from drt.experiments.loading import load_run_model
@@ -28,23 +27,23 @@ from drt.experiments.store import Store
 
 
 def train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor) -> None:
+    model.train()
     loss = F.cross_entropy(model(x), y)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
 
 
-def selected_runs(suite: str, seed: int) -> list[dict[str, Any]]:
-    """Finished dense, PCN, small-dense and tp-channel runs of the suite's setting and ``seed``."""
-    want = PEERS_OF[suite]
-    out = []
-    for r in Store(RESULTS / "drt.sqlite").runs("done"):
-        c = r["config"]
-        flat = {**c["data"], **c["train"], "model": c["model"]["model"]}
-        if r["seed"] == seed and c["method"] in ("dense", "pcn", "tp-channel") and \
-                all(flat.get(k) == v for k, v in want.items()):
-            out.append(r)
-    return out
+@torch.no_grad()
+def forward(model: torch.nn.Module, x: torch.Tensor) -> None:
+    model.eval()
+    model(x)
+
+
+def selected_runs(setting: str, seed: int) -> list[dict[str, Any]]:
+    """Finished dense, PCN, small-dense and tp-channel runs of the setting and ``seed``."""
+    return [r for r in Store(RESULTS / "drt.sqlite").runs("done")
+            if r["seed"] == seed and selects(r["config"], setting, ("dense", "pcn", "tp-channel"))]
 
 
 def label(run: dict[str, Any]) -> str:
@@ -56,14 +55,14 @@ def label(run: dict[str, Any]) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("suite", choices=sorted(PEERS_OF))
+    ap.add_argument("setting", choices=sorted(SETTINGS))
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--seed", type=int, default=0, help="which seed's trained models to time")
     args = ap.parse_args()
-    runs = selected_runs(args.suite, args.seed)
+    runs = selected_runs(args.setting, args.seed)
     if not any(r["config"]["method"] == "pcn" for r in runs):
-        sys.exit(f"peer_speed: no finished PCN run for {args.suite} seed {args.seed}; run the suites first")
+        sys.exit(f"step_speed: no finished PCN run for {args.setting} seed {args.seed}; run its suites first")
     models, rows = {}, []
     for r in runs:
         model, _, data = load_run_model(RESULTS, r["id"], data_root=str(data_root()))
@@ -75,16 +74,23 @@ def main() -> None:
                      "test_acc": round(100 * r["metrics"]["test_acc"], 2)})
     x, y = data.x_train[:args.batch_size], data.y_train[:args.batch_size]
     opts = {n: torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4) for n, m in models.items()}
-    times = interleaved_medians({n: partial(train_step, m, opts[n], x, y) for n, m in models.items()}, args.steps)
-    dense = next((times[n] for n in times if n.startswith("dense ")), None)
+    calls = {}
+    for n, m in models.items():
+        calls[(n, "step")] = partial(train_step, m, opts[n], x, y)
+        calls[(n, "forward")] = partial(forward, m, x)
+    times = interleaved_medians(calls, args.steps)
+    dense = next((n for n in models if n.startswith("dense ")), None)
     for row in rows:
-        t = times[row["model"]]
-        row.update({"step_ms": round(1000 * t, 2), "speedup_vs_dense": round(dense / t, 3) if dense else None})
+        step, fwd = times[(row["model"], "step")], times[(row["model"], "forward")]
+        row.update({"step_ms": round(1000 * step, 2), "infer_ms": round(1000 * fwd, 2)})
+        if dense is not None:
+            row.update({"step_speedup": round(times[(dense, "step")] / step, 3),
+                        "infer_speedup": round(times[(dense, "forward")] / fwd, 3)})
     rows.sort(key=lambda row: -row["trainable"])
     for row in rows:
         print(row, flush=True)
-    out = write_result(f"peer_speed-{args.suite}", rows, "python benchmarks/peer_speed.py " + " ".join(sys.argv[1:]),
-                       setting=PEERS_OF[args.suite], batch_size=args.batch_size, steps=args.steps, seed=args.seed)
+    out = write_result(f"speed-{args.setting}", rows, "python benchmarks/step_speed.py " + " ".join(sys.argv[1:]),
+                       setting=SETTINGS[args.setting], batch_size=args.batch_size, steps=args.steps, seed=args.seed)
     print("wrote", out)
 
 
