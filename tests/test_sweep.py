@@ -15,7 +15,7 @@ import pytest
 from drt.errors import DrtError
 from drt.experiments.report import finished_runs, group_runs, table_rows
 from drt.experiments.store import Store
-from drt.experiments.sweep import add_sweep_parser, cmd_sweep, plan, run_lock, threads_per_worker
+from drt.experiments.sweep import add_sweep_parser, cmd_sweep, plan, threads_per_worker
 
 BASE = {"dataset": "digits", "model": "mlp", "epochs": 2}
 
@@ -49,6 +49,9 @@ def test_plan_tuple_settings_and_sections():
     ({"base": BASE, "grid": {"method": ["dense", "nope"]}}, "nope"),
     ({"base": BASE, "grid": {"seed": [0]}, "workers": 0}, "workers must be a positive integer"),
     ({"base": BASE, "runs": {"method": "dense"}}, "`runs:` must be a list"),
+    ({"base": BASE, "runs": [{"hidden": [300, 100]}]}, "'hidden' takes a list per alternative: write [[300, 100]]"),
+    ({"base": {"trian": {"epochs": 1}}, "grid": {"seed": [0]}}, "base.trian: only the sections data, model, train"),
+    ({"base": {**BASE, "train": {"epochs": 3}}, "grid": {"seed": [0]}}, "setting 'epochs' is given twice"),
     ([1, 2], "must be a mapping"),
 ])
 def test_bad_sweep_files(raw, expect):
@@ -62,11 +65,31 @@ def test_threads_per_worker_divides_the_cores():
     assert threads_per_worker(3, cores=8) == 2
 
 
-def test_run_lock_is_exclusive(tmp_path):
-    with run_lock(tmp_path, "abc") as first, run_lock(tmp_path, "abc") as second:
-        assert first and not second
-    with run_lock(tmp_path, "abc") as again:
-        assert again  # released when the holder is done
+def test_claiming_a_new_run_is_exclusive_and_a_dead_claim_is_taken_over(tmp_path, monkeypatch):
+    import drt.experiments.store as store_mod
+
+    store = Store(tmp_path / "drt.sqlite")
+    host = store_mod.owner().rpartition(":")[0]
+    monkeypatch.setattr(store_mod, "owner", lambda: f"{host}:{os.getppid()}")  # another live process
+    assert store.claim("abc", "mlp/digits/dense/seed0", {"method": "dense"}) is None
+    monkeypatch.undo()
+    assert store.claim("abc", "mlp/digits/dense/seed0", {"method": "dense"}) == f"{host}:{os.getppid()}"
+    store.release("abc")  # not ours: kept
+    assert store.status("abc") == "running"
+    with store._conn() as c:  # its owner dies
+        c.execute("UPDATE runs SET owner=? WHERE id='abc'", (f"{host}:999999999",))
+    assert store.claim("abc", "", {}) is None
+    store.release("abc")  # ours now and never started: gone
+    assert store.status("abc") is None
+
+
+def test_cli_run_that_cannot_start_leaves_no_placeholder(tmp_path, capsys):
+    from drt.cli import main
+
+    code = main(["train", "--dataset", "cifar10", "--data-dir", str(tmp_path / "missing"), "--epochs", "1",
+                 "--results-dir", str(tmp_path / "r"), "--no-progress"])
+    assert code == 2 and "\n" not in capsys.readouterr().err.strip()
+    assert Store(tmp_path / "r" / "drt.sqlite").runs() == []
 
 
 def _args(*argv: str) -> argparse.Namespace:

@@ -34,6 +34,11 @@ def field_types(cls: type) -> dict[str, Any]:
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
 
 
+def is_tuple(tp: Any) -> bool:
+    """Whether a field of type ``tp`` holds a tuple (given as a list or a comma string)."""
+    return typing.get_origin(_base_type(tp)[0]) is tuple
+
+
 def coerce(key: str, value: Any, tp: Any) -> Any:
     """Check/convert one value from YAML or the command line to the field's type."""
     inner, optional = _base_type(tp)

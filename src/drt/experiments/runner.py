@@ -22,6 +22,11 @@ from drt.methods import METHODS, REGULARISERS
 from drt.models import create
 from drt.train import distributed, train
 
+
+class RunBusy(DrtError):
+    """The run is being trained by another live process."""
+
+
 STORE_NAME = "drt.sqlite"
 
 
@@ -51,9 +56,9 @@ def run(cfg: RunConfig, results_dir: str | Path = "results", *, device: str = "a
         if store.status(run_id) == "done" and not force:
             log(f"{cfg.label()}: already done (run {run_id}); use --force to re-run")
             return {**store.run(run_id)["metrics"], "run_id": run_id, "skipped": True}
-        busy = store.claim(run_id)
+        busy = store.claim(run_id, cfg.label(), cfg.to_dict())
         if busy:
-            raise DrtError(f"run {run_id} ({cfg.label()}) is being trained by process {busy}; wait for it or stop it")
+            raise RunBusy(f"run {run_id} ({cfg.label()}) is being trained by process {busy}; wait for it or stop it")
         if resume and not ckpt.exists():
             log(f"{cfg.label()}: no checkpoint to resume from in {run_dir}; starting from scratch")
         return None
@@ -72,12 +77,17 @@ def run(cfg: RunConfig, results_dir: str | Path = "results", *, device: str = "a
     skipped = distributed.on_main(claim)
     if skipped is not None:
         return skipped
-    data = load(cfg.data.dataset, data_dir=cfg.data.data_dir, data_root=cfg.data.data_root,
-                val_size=cfg.data.val_size, subset=cfg.data.subset, image_size=cfg.data.image_size)
-    torch.manual_seed(cfg.train.seed)
-    model = create(cfg.model.model, tuple(data.input_shape), data.num_classes, **cfg.model.options())
-    method = METHODS.get(cfg.method)(cfg.method_options)
-    regs = [REGULARISERS.get(r)(o) for r, o in zip(cfg.reg, cfg.reg_options, strict=True)]
+    try:
+        data = load(cfg.data.dataset, data_dir=cfg.data.data_dir, data_root=cfg.data.data_root,
+                    val_size=cfg.data.val_size, subset=cfg.data.subset, image_size=cfg.data.image_size)
+        torch.manual_seed(cfg.train.seed)
+        model = create(cfg.model.model, tuple(data.input_shape), data.num_classes, **cfg.model.options())
+        method = METHODS.get(cfg.method)(cfg.method_options)
+        regs = [REGULARISERS.get(r)(o) for r, o in zip(cfg.reg, cfg.reg_options, strict=True)]
+    except BaseException:  # e.g. a missing data path: leave no placeholder behind
+        if ranks.is_main:  # no collective here: other ranks may not have failed
+            Store(results_dir / STORE_NAME).release(run_id)
+        raise
     distributed.on_main(start)
     store = Store(results_dir / STORE_NAME) if ranks.is_main else None
     augment = data.augment if cfg.data.augment == "auto" else cfg.data.augment

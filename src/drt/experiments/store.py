@@ -77,11 +77,12 @@ class Store:
             row = c.execute("SELECT status FROM runs WHERE id=?", (run_id,)).fetchone()
         return row["status"] if row else None
 
-    def claim(self, run_id: str) -> str | None:
+    def claim(self, run_id: str, label: str = "", config: dict[str, Any] | None = None) -> str | None:
         """Take the run for this process unless a live process on this host already runs it.
 
         Returns the other owner (``host:pid``) if the run is busy, else None. Atomic across
-        processes (one write transaction), so two workers never train the same run at once.
+        processes (one write transaction): a run not yet in the store gets a ``running`` row owned
+        by this process (``start`` fills it in), so two processes never train the same run at once.
         """
         with self._conn() as c:
             c.execute("BEGIN IMMEDIATE")
@@ -91,7 +92,16 @@ class Store:
                 return row["owner"]
             if row:
                 c.execute("UPDATE runs SET owner=? WHERE id=?", (me, run_id))
+            elif config is not None:
+                now = time.time()
+                c.execute("INSERT INTO runs (id, label, status, config, created, updated, owner) "
+                          "VALUES (?,?,'running',?,?,?,?)", (run_id, label, json.dumps(config), now, now, me))
         return None
+
+    def release(self, run_id: str) -> None:
+        """Drop this process's claim placeholder of a run that never started (a started run is kept)."""
+        with self._conn() as c:
+            c.execute("DELETE FROM runs WHERE id=? AND owner=? AND env IS NULL AND status='running'", (run_id, owner()))
 
     def start(self, run_id: str, label: str, config: dict[str, Any], env: dict[str, Any]) -> None:
         now = time.time()

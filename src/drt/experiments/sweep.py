@@ -1,8 +1,8 @@
 """``drt sweep``: a grid of runs from a YAML file, run one after another or by a few workers.
 
 Each run is hash-named and resumable (``runner.run(..., resume=True)``): finished runs are
-skipped, a run killed mid-way continues from its last checkpoint on the next call. A per-run
-file lock keeps two sweeps on one results folder from training the same run at once.
+skipped, a run killed mid-way continues from its last checkpoint on the next call. The store's
+claim keeps two processes on one results folder from training the same run at once.
 
     base: {dataset: digits, model: mlp, epochs: 5}     # settings common to all runs
     grid: {seed: [0, 1], lr: [0.1, 0.05]}               # every list is crossed with the others
@@ -18,10 +18,9 @@ import argparse
 import itertools
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
-from contextlib import contextmanager
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
@@ -30,7 +29,8 @@ from typing import Any
 import yaml
 
 from drt.errors import DrtError
-from drt.experiments.config import RunConfig, make_config
+from drt.experiments.config import SECTIONS, RunConfig, make_config, option_classes
+from drt.options import field_types, is_tuple
 
 TOP_KEYS = ("base", "grid", "runs", "workers")
 
@@ -45,7 +45,7 @@ class Sweep:
     workers: int
 
 
-def _flat(mapping: Any, where: str) -> dict[str, Any]:
+def _flat(mapping: Any, where: str, nested: bool = True) -> dict[str, Any]:
     """Flat settings from a mapping whose ``data:``/``model:``/``train:`` sections may nest them."""
     if mapping is None:
         return {}
@@ -54,10 +54,21 @@ def _flat(mapping: Any, where: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in mapping.items():
         if isinstance(v, dict):
-            out.update(_flat(v, f"{where}.{k}"))
+            if not nested or k not in SECTIONS:
+                raise DrtError(f"{where}.{k}: only the sections {', '.join(SECTIONS)} may nest settings")
+            items = _flat(v, f"{where}.{k}", nested=False).items()
         else:
-            out[str(k).replace("-", "_")] = v
+            items = [(str(k).replace("-", "_"), v)]
+        for key, value in items:
+            if key in out:
+                raise DrtError(f"{where}: setting {key!r} is given twice")
+            out[key] = value
     return out
+
+
+def tuple_keys() -> set[str]:
+    """Settings holding a tuple (``hidden``, ``milestones``, ...): each alternative is a list or comma string."""
+    return {k for cls in option_classes() for k, tp in field_types(cls).items() if is_tuple(tp)}
 
 
 def _expand(choices: dict[str, Any], where: str) -> list[dict[str, Any]]:
@@ -66,9 +77,13 @@ def _expand(choices: dict[str, Any], where: str) -> list[dict[str, Any]]:
     A tuple-valued setting (``hidden``, ``milestones``) is given per alternative as a nested
     list or a comma string: ``hidden: [[300, 100], "64"]``.
     """
+    tuples = tuple_keys()
     for k, v in choices.items():
         if isinstance(v, list) and not v:
             raise DrtError(f"{where}: {k!r} has an empty list of values")
+        if k in tuples and isinstance(v, list) and not all(isinstance(a, list | str) for a in v):
+            raise DrtError(f"{where}: {k!r} takes a list per alternative: write [{v!r}] for one value, "
+                           f"or [[a, b], [c]] for several")
     lists = {k: v if isinstance(v, list) else [v] for k, v in choices.items()}
     return [dict(zip(lists, combo, strict=True)) for combo in itertools.product(*lists.values())]
 
@@ -128,31 +143,6 @@ def threads_per_worker(workers: int, cores: int | None = None) -> int:
     return max(1, (cores or usable_cores()) // workers)
 
 
-@contextmanager
-def run_lock(results_dir: Path, run_id: str) -> Iterator[bool]:
-    """Hold an exclusive lock on one run; yields False if another process holds it (never blocks).
-
-    The OS drops the lock when its holder dies, so a killed sweep never leaves a stale lock.
-    """
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: no cross-process protection
-        yield True
-        return
-    path = results_dir / "runs" / run_id / "sweep.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def describe(cfg: RunConfig) -> str:
     """``<run id> <model>/<data set>/seed<n> <method and budget>`` for progress lines."""
     from drt.experiments.report import budget_label
@@ -166,39 +156,22 @@ def run_one(values: dict[str, Any], results_dir: str, device: str, progress: boo
 
     In a worker process (``in_worker``) Ctrl-C ends the process, so it starts no further run.
     """
-    from drt.experiments.runner import run
+    from drt.experiments.runner import RunBusy, run
 
     cfg = make_config(values)
-    with run_lock(Path(results_dir), cfg.run_id()) as mine:
-        if not mine:
-            return cfg.run_id(), "in progress in another process; not started"
-        try:
-            m = run(cfg, results_dir, device=device, resume=True, progress=progress, log=lambda _: None)
-        except Exception as e:  # recorded as failed by the runner; the sweep goes on
-            return cfg.run_id(), f"FAILED: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
-        except KeyboardInterrupt:  # the runner recorded it as failed ("interrupted")
-            if in_worker:
-                os._exit(130)
-            raise
+    try:
+        m = run(cfg, results_dir, device=device, resume=True, progress=progress, log=lambda _: None)
+    except RunBusy:
+        return cfg.run_id(), "in progress in another process; not started"
+    except Exception as e:  # recorded as failed by the runner; the sweep goes on
+        return cfg.run_id(), f"FAILED: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+    except KeyboardInterrupt:  # the runner recorded it as failed ("interrupted")
+        if in_worker:
+            os._exit(130)
+        raise
     if m["skipped"]:
         return cfg.run_id(), "already done"
-    _backfill_epochs(Path(results_dir), cfg.run_id())
     return cfg.run_id(), f"test acc {m['test_acc']:.4f}, trainable {m['params_trainable']}, {m['train_time']:.1f} s"
-
-
-def _backfill_epochs(results_dir: Path, run_id: str) -> None:
-    """Add per-epoch rows a kill between checkpoint and store write left out (from the run's metrics.json)."""
-    import json
-
-    from drt.experiments.runner import STORE_NAME
-    from drt.experiments.store import Store
-
-    path = results_dir / "runs" / run_id / "metrics.json"
-    store = Store(results_dir / STORE_NAME)
-    have = {e["epoch"] for e in store.epochs(run_id)}
-    for entry in json.loads(path.read_text())["history"] if path.exists() else []:
-        if entry["epoch"] not in have:
-            store.add_epoch(run_id, entry)
 
 
 def _init_worker(threads: int) -> None:
@@ -275,9 +248,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if args.workers is not None and args.workers < 1:
         raise DrtError(f"--workers must be a positive integer, got {args.workers}")
     if args.dry_run:
+        from drt.experiments.runner import STORE_NAME
         from drt.experiments.store import Store
 
-        db = Path(args.results_dir) / "drt.sqlite"
+        db = Path(args.results_dir) / STORE_NAME
         status = {r["id"]: r["status"] for r in Store(db).runs()} if db.exists() else {}
         for cfg in sweep.configs:
             print(f"{status.get(cfg.run_id(), 'planned'):<8} {describe(cfg)}")
