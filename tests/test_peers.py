@@ -12,18 +12,10 @@ from drt.data import load
 from drt.errors import DrtError
 from drt.methods import Driver
 from drt.methods.dense import Dense
-from drt.methods.peers import (
-    TorchPrune,
-    TorchPruneOptions,
-    TPChannel,
-    TPChannelOptions,
-    prune_channels,
-    replay_,
-    trainable,
-    widths,
-)
 from drt.methods.prune_at_init import MagnitudePrune
 from drt.methods.sparse_base import SparseOptions
+from drt.methods.torch_prune import TorchPrune, TorchPruneOptions
+from drt.methods.tp_channel import TPChannel, TPChannelOptions, prune_channels, replay_, trainable, widths
 from drt.models import create
 from drt.train import TrainConfig, train
 
@@ -215,6 +207,8 @@ def test_torch_prune_accounting_and_resume(digits, tmp_path):
     assert f["sparsity_achieved"] == pytest.approx(masked / numel, abs=1e-12)
     assert abs(f["sparsity_achieved"] - 0.8) <= 1 / numel
     assert f["flops_effective"] < f["flops"]
+    # global L1 at init empties fc2 (fan-in 300: the smallest init scale), the collapse drt's guard prevents
+    assert f["collapsed"] == ["fc2.weight"]
     # made permanent after the last epoch: plain weights, zero where masked
     keys = set(full.model.state_dict())
     assert "fc1.weight" in keys and not any("_orig" in k or "_mask" in k for k in keys)
@@ -232,3 +226,4 @@ def test_torch_prune_accounting_and_resume(digits, tmp_path):
     for k in a:
         assert torch.equal(a[k], b[k]), k
     assert resumed.final["params_masked"] == masked
+

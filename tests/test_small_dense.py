@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-import drt.methods.peers  # noqa: F401  (registers tp-channel until drt.methods imports it)
+import drt.methods  # noqa: F401  (registers tp-channel)
 from drt.errors import DrtError
 from drt.experiments.config import make_config
 from drt.experiments.runner import STORE_NAME, run

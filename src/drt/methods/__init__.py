@@ -1,6 +1,17 @@
 """Training methods as plug-ins of the one loop (they decide *when*; mechanisms decide *how*)."""
 
-from drt.methods import cka_sr, dense, dst, earlybird, freeze, lottery, pcn, peers, prune_at_init  # noqa: F401  (registers)
+from drt.methods import (  # noqa: F401  (registers)
+    cka_sr,
+    dense,
+    dst,
+    earlybird,
+    freeze,
+    lottery,
+    pcn,
+    prune_at_init,
+    torch_prune,
+    tp_channel,
+)
 from drt.methods.base import METHODS, REGULARISERS, Method, NoOptions, TrainState
 from drt.methods.driver import Driver
 

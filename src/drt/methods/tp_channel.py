@@ -1,11 +1,11 @@
-"""Peers run through our loop: Torch-Pruning channel pruning and ``torch.nn.utils.prune`` masks.
+"""The structured peer of PCN: Torch-Pruning channel pruning run through our loop.
 
 ``tp-channel``: train dense for E epochs, then physically remove whole channels with Torch-Pruning
 (Fang et al., "DepGraph: Towards Any Structural Pruning", CVPR 2023; package ``torch-pruning``),
 magnitude importance, until the trainable count reaches a target (e.g. a PCN run's), and continue
-training the smaller network (optimizer rebuilt, LR schedule at absolute epochs, as PCN).
-``torch-prune``: PyTorch's own global L1 mask at initialisation, trained through its
-``weight = weight_orig * weight_mask`` re-parametrisation, made permanent after the last epoch.
+training the smaller network (optimizer rebuilt, LR schedule at absolute epochs, as PCN). The
+target is searched on the initial weights too, so an unsupported model or an unreachable target
+fails before training; the pruning itself ranks the trained weights and is held to the same tolerance.
 """
 
 from __future__ import annotations
@@ -18,15 +18,14 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.nn.utils import prune
 
 from drt.errors import DrtError
 from drt.methods.base import METHODS, Method, TrainState
 from drt.options import opt
-from drt.sparse import check_sparsity, prunable
 
 SUPPORTED = "vgg*, resnet* (shortcut conv), conv4, conv6, conv1d, lenet5, mlp"
 BISECT_STEPS = 24
+Found = tuple[nn.Module, list[list[Any]], int, int]  # (pruned copy, Torch-Pruning history, target, achieved)
 
 
 def trainable(model: nn.Module) -> int:
@@ -92,18 +91,20 @@ def prune_channels(model: nn.Module, input_shape: tuple[int, ...], ratio: float,
 
 
 def prune_greedy_(model: nn.Module, input_shape: tuple[int, ...], target: int, norm: int = 2,
-                  max_steps: int = 2000) -> list[tuple[int, list[list[Any]]]]:
+                  max_steps: int = 2000) -> tuple[list[tuple[int, int]], list[list[Any]]]:
     """Remove one channel at a time (lowest mean-normalised magnitude over all groups) until ``target``.
 
-    Torch-Pruning's global ranking, one channel per step; mutates ``model``. Returns, per step, the
-    trainable count and the history (relative to ``model`` as given) that reaches it.
+    Torch-Pruning's global ranking, one channel per step; mutates ``model``. Returns (per step, the
+    trainable count and the length of the history prefix that reaches it; the whole history,
+    relative to ``model`` as given).
     """
     tp = _tp()
-    imp, out = tp.importance.MagnitudeImportance(p=norm), []
+    imp, steps = tp.importance.MagnitudeImportance(p=norm), []
+    history: list[list[Any]] = []
 
     def run(x: torch.Tensor) -> None:
         dg = tp.DependencyGraph().build_dependency(model, example_inputs=x)
-        while trainable(model) > target and len(out) < max_steps:
+        while trainable(model) > target and len(steps) < max_steps:
             best = None
             for group in dg.get_all_groups(ignored_layers=[classifier(model)]):
                 root, fn = group[0].dep.target.module, group[0].dep.handler
@@ -111,13 +112,13 @@ def prune_greedy_(model: nn.Module, input_shape: tuple[int, ...], target: int, n
                 if scores is not None and (best is None or float(scores.min()) < best[0]):
                     best = (float(scores.min()), root, fn, int(scores.argmin()))
             if best is None:  # every layer is down to one channel
-                return
+                break
             dg.get_pruning_group(best[1], best[2], idxs=[best[3]]).prune()
-            history = [[str(n), bool(o), [int(i) for i in idx]] for n, o, idx in dg.pruning_history()]
-            out.append((trainable(model), history))
+            steps.append((trainable(model), len(dg.pruning_history())))
+        history.extend([str(n), bool(o), [int(i) for i in idx]] for n, o, idx in dg.pruning_history())
 
     _traced(model, input_shape, run)
-    return out
+    return steps, history
 
 
 def replay_(model: nn.Module, input_shape: tuple[int, ...], history: list[list[Any]]) -> nn.Module:
@@ -156,14 +157,16 @@ def search(model: nn.Module, input_shape: tuple[int, ...], target: int, norm: in
         small, history = prune_channels(model, input_shape, ratio, norm, global_)
         n = trainable(small)
         found.append((n, history))
-        lo, hi = (ratio, hi) if n > target else (lo, ratio)
         if n == target:
             return history, n
+        if i == 0 and n > target:  # even the largest ratio stays above: only single channels go further
+            break
+        lo, hi = (ratio, hi) if n > target else (lo, ratio)
     above = [f for f in found if f[0] > target]
     if above:
         n, history = min(above, key=lambda f: f[0])
-        more = prune_greedy_(replay_(copy.deepcopy(model), input_shape, history), input_shape, target, norm)
-        found += [(m, history + h) for m, h in more]
+        steps, more = prune_greedy_(replay_(copy.deepcopy(model), input_shape, history), input_shape, target, norm)
+        found += [(m, history + more[:length]) for m, length in steps]
     n, history = min(found, key=lambda f: (abs(f[0] - target), f[0]))
     return history, n
 
@@ -205,7 +208,7 @@ class TPChannel(Method):
             raise DrtError(f"tp-channel: target {n:,} trainable parameters must be below the dense {dense:,}")
         return n
 
-    def pruned(self, state: TrainState) -> tuple[nn.Module, list[list[Any]], int, int]:
+    def pruned(self, state: TrainState) -> Found:
         """(pruned copy of the model, its history, target, achieved count); DrtError if unsupported."""
         o, model = self.options, state.model
         target = self.target(trainable(model))
@@ -215,13 +218,16 @@ class TPChannel(Method):
         try:
             history, n = search(model, state.input_shape, target, o.tp_norm, o.tp_global)
             small = replay_(copy.deepcopy(model), state.input_shape, history)
+        except DrtError:
+            raise
         except Exception as e:  # Torch-Pruning cannot trace or prune this architecture
-            raise DrtError(f"tp-channel: Torch-Pruning cannot prune {type(model).__name__} "
-                           f"({str(e).splitlines()[0][:100]}); supported: {SUPPORTED}") from None
+            why = f"{type(e).__name__}: {str(e).splitlines()[0][:100] if str(e) else ''}"
+            raise DrtError(f"tp-channel: Torch-Pruning cannot prune {type(model).__name__} ({why}); "
+                           f"supported: {SUPPORTED}") from None
         check_pruned(small, state.input_shape, state.num_classes)
         return small, history, target, n
 
-    def adopt(self, state: TrainState, found: tuple[nn.Module, list[list[Any]], int, int]) -> nn.Module:
+    def adopt(self, state: TrainState, found: Found) -> nn.Module:
         """Take the pruned network as the model; records what was kept."""
         small, self.history, target, n = found
         before = widths(state.model)
@@ -235,16 +241,20 @@ class TPChannel(Method):
         o = self.options
         if o.tp_epoch >= state.epochs:
             raise DrtError(f"tp_epoch {o.tp_epoch} must be before the last epoch ({state.epochs})")
-        found = self.pruned(state)  # an unsupported model or an unreachable target fails before training
-        target, n = found[2], found[3]
-        if abs(n / target - 1) > o.tp_tolerance:
-            raise DrtError(f"tp-channel: the nearest channel-pruned count is {n:,}, {100 * (n / target - 1):+.1f}% "
-                           f"from the target {target:,} (tolerance {100 * o.tp_tolerance:g}%)")
+        found = self.checked(self.pruned(state))  # an unsupported model or unreachable target fails up front
         return self.adopt(state, found) if o.tp_epoch == 0 else None
 
+    def checked(self, found: Found) -> Found:
+        """``found`` unless its count is further from the target than ``tp_tolerance`` (DrtError)."""
+        target, n = found[2], found[3]
+        if abs(n / target - 1) > self.options.tp_tolerance:
+            raise DrtError(f"tp-channel: the nearest channel-pruned count is {n:,}, {100 * (n / target - 1):+.1f}% "
+                           f"from the target {target:,} (tolerance {100 * self.options.tp_tolerance:g}%)")
+        return found
+
     def epoch_end(self, state: TrainState) -> nn.Module | None:
-        if state.epoch == self.options.tp_epoch and not self.info:
-            return self.adopt(state, self.pruned(state))
+        if state.epoch == self.options.tp_epoch and not self.info:  # trained weights rank differently: re-search
+            return self.adopt(state, self.checked(self.pruned(state)))
         return None
 
     def summary(self, state: TrainState) -> dict[str, Any]:
@@ -257,69 +267,3 @@ class TPChannel(Method):
         """Re-prune the fresh ``model`` to the checkpoint's channels (the weights are loaded afterwards)."""
         self.history, self.info = json.loads(state["history"]), json.loads(state["info"])
         return replay_(model, tuple(self.info["input_shape"]), self.history) if self.history else model
-
-
-@dataclass(frozen=True)
-class TorchPruneOptions:
-    sparsity: float = opt(0.9, "target sparsity over conv and linear weights (biases and BN never pruned)")
-
-    def __post_init__(self) -> None:
-        check_sparsity(self.sparsity)
-
-
-@METHODS.register("torch-prune", help="torch.nn.utils.prune: global L1 magnitude mask at init, trained through "
-                                      "PyTorch's weight_orig * weight_mask re-parametrisation")
-class TorchPrune(Method):
-    """The mask lives in each layer's ``weight_mask`` buffer until the last epoch, then ``prune.remove``."""
-
-    Options = TorchPruneOptions
-
-    def __init__(self, options: TorchPruneOptions | None = None) -> None:
-        super().__init__(options)
-        self.kept: dict[str, torch.Tensor] = {}  # layer name -> bool mask of its weight (True = kept)
-        self.final = False
-
-    def setup(self, state: TrainState) -> None:
-        names = [n.rpartition(".")[0] for n in prunable(state.model)]
-        if not names:
-            raise DrtError("torch-prune: model has no conv or linear weights to prune")
-        params = [(state.model.get_submodule(n), "weight") for n in names]
-        prune.global_unstructured(params, pruning_method=prune.L1Unstructured, amount=self.options.sparsity)
-        self.kept = self.read(state.model)
-
-    @staticmethod
-    def read(model: nn.Module) -> dict[str, torch.Tensor]:
-        """Each re-parametrised layer's ``weight_mask`` buffer as a bool tensor."""
-        return {n: m.weight_mask.detach().bool().cpu() for n, m in model.named_modules() if hasattr(m, "weight_mask")}
-
-    def epoch_end(self, state: TrainState) -> nn.Module | None:
-        if state.epoch < state.epochs or self.final:
-            return None
-        self.kept = self.read(state.model)
-        for n in self.kept:  # weight = weight_orig * weight_mask becomes a plain parameter again
-            prune.remove(state.model.get_submodule(n), "weight")
-        self.final = True
-        return state.model  # new parameter objects: the loop rebuilds the optimizer
-
-    def masks(self) -> dict[str, torch.Tensor]:
-        leaf = "weight" if self.final else "weight_orig"
-        return {f"{n}.{leaf}": m for n, m in self.kept.items()}
-
-    def summary(self, state: TrainState) -> dict[str, Any]:
-        numel = sum(m.numel() for m in self.kept.values())
-        kept = sum(int(m.sum()) for m in self.kept.values())
-        return {"sparsity_target": self.options.sparsity, "sparsity_achieved": 1 - kept / numel,
-                "prunable_params": numel,
-                "layers": [{"name": f"{n}.weight", "numel": m.numel(), "kept": int(m.sum()), "target": None,
-                            "achieved": int(m.sum()) / m.numel()} for n, m in self.kept.items()]}
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"kept": dict(self.kept), "final": self.final}
-
-    def load_state_dict(self, state: dict[str, Any], model: nn.Module) -> nn.Module:
-        """Re-attach the re-parametrisation to the fresh ``model``, so weight_orig and weight_mask load."""
-        self.kept, self.final = dict(state["kept"]), bool(state["final"])
-        if not self.final:
-            for n in self.kept:
-                prune.identity(model.get_submodule(n), "weight")
-        return model
