@@ -164,3 +164,17 @@ def test_bad_inputs():
         drop_grow_({"w": w}, masks, 0.1, None, torch.Generator(), drop="random")
     with pytest.raises(DrtError, match="missing"):
         grad_magnitude({"w": w})
+    with pytest.raises(DrtError, match="grow scores missing or of the wrong size for w"):
+        drop_grow_({"w": w}, masks, 0.4, {"w": torch.ones(3)}, torch.Generator())
+    with pytest.raises(DrtError, match="exploration state is for tensors v"):
+        ExplorationTracker(masks).load_state_dict({"v": torch.ones(8, dtype=torch.bool)})
+
+
+def test_nan_grow_scores_are_never_grown_and_dense_layers_are_left_alone():
+    w, masks, opt = hand_made()
+    grow = {"w": torch.tensor([0.0, 0.0, float("nan"), 0.0, 0.0, 1.0, 9.0, 2.0])}
+    drop_grow_({"w": w}, masks, 0.4, grow, torch.Generator().manual_seed(0), opt)
+    assert not masks["w"][2]  # the NaN score ranks last, not first (torch.sort puts NaN on top)
+    dense = MaskSet({"w": torch.ones(8, dtype=torch.bool)})
+    info = drop_grow_({"w": w}, dense, 0.4, None, torch.Generator().manual_seed(0))
+    assert info.dropped == {"w": 0} and dense["w"].all()

@@ -6,6 +6,7 @@ from drt.methods import (  # noqa: F401  (registers)
     dst,
     earlybird,
     freeze,
+    granet,
     lottery,
     pcn,
     prune_at_init,

@@ -8,7 +8,9 @@ for RigL and GraNet), the drop-fraction schedule, and GraNet's extra gradual mag
 Conventions (spec "sparse-and-frozen"): conv and linear weights are masked (biases and BN never);
 the start mask draws the same random scores as ``--method random`` with the same seed (identical
 on every rank); newly grown weights and their optimizer state start at 0, dropped-and-regrown ones
-keep theirs. Deviations: the loop always takes the optimizer step, so on an update step the drop
+keep theirs. An update whose dense gradient is not finite (a step AMP's scaler skips) is skipped.
+Deviations: SET updates only before t_end = 75% of training, as RigL's SET baseline (Mocanu et al.
+update every epoch to the end: ``--t-end 1``); the loop always takes the optimizer step, so on an update step the drop
 sees the weights after that step (RigL's reference skips the step); a ΔT that leaves no update
 inside the run's window is clamped to half the window with a warning (see ``DynamicSparse.plan``).
 """
@@ -30,19 +32,13 @@ from drt.options import opt
 from drt.sparse import (
     ExplorationTracker,
     MaskSet,
-    check_sparsity,
-    cosine_drop_fraction,
     drop_grow_,
     grad_magnitude,
-    granet_prune_,
-    granet_sparsity,
-    kept_total,
     masks_from_scores,
     prunable,
     random_scores,
     rigl_drop_fraction,
 )
-from drt.sparse.distributions import dense_names
 
 
 @dataclass(frozen=True)
@@ -62,17 +58,6 @@ class DSTOptions(SparseOptions):
             raise DrtError(f"alpha (drop fraction) must be in (0, 1], got {self.alpha}")
         if self.t_end is not None and not 0.0 < self.t_end <= 1.0:
             raise DrtError(f"t_end must be a fraction of training in (0, 1], got {self.t_end}")
-
-
-@dataclass(frozen=True)
-class GraNetOptions(DSTOptions):
-    granet_initial: float = opt(0.0, "GraNet initial sparsity s_i: 0 = dense-to-sparse (all-ones start), "
-                                     "e.g. 0.5 = from a random mask at --distribution (default ERK)")
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if not (isinstance(self.granet_initial, int | float) and 0.0 <= self.granet_initial < self.sparsity):
-            raise DrtError(f"granet_initial must be in [0, sparsity={self.sparsity}), got {self.granet_initial}")
 
 
 @dataclass(frozen=True)
@@ -187,14 +172,19 @@ class DynamicSparse(SparseMethod):
 
     def update(self, state: TrainState, step: int, plan: Plan) -> None:
         """One drop/grow update of ``self.mask``, weights and optimizer state; appends to ``updates``."""
-        weights = self._weights(state)
-        record: dict[str, Any] = {"step": step, **self.before_drop_grow(state, step, plan, weights)}
         grow = None
         if self.grow_by_gradient:
             if self._grow is None:
                 raise DrtError(f"{type(self).__name__} grows by the dense gradient: call after_backward "
                                "before after_step on every step")
             grow, self._grow = self._grow, None
+            if not all(bool(torch.isfinite(g).all()) for g in grow.values()):  # e.g. a step AMP's scaler skips
+                warnings.warn(f"{type(self).__name__}: non-finite gradient at step {step}; update skipped",
+                              stacklevel=2)
+                self.updates.append({"step": step, "skipped": "non-finite gradient"})
+                return
+        weights = self._weights(state)
+        record: dict[str, Any] = {"step": step, **self.before_drop_grow(state, step, plan, weights)}
         fraction = self.drop_fraction(step, plan)
         active = {n: self.mask.kept(n) for n in self.mask}
         info = drop_grow_(weights, self.mask, fraction, grow, self.generator, state.optimizer,
@@ -213,10 +203,10 @@ class DynamicSparse(SparseMethod):
         out = super().summary(state)
         plan = self.plan(state)
         out.update(delta_t=plan.delta_t, update_end_step=plan.end, alpha=self.alpha, updates=len(self.updates),
-                   exploration_rate=self.tracker.rate())
+                   updates_skipped=sum("skipped" in u for u in self.updates), exploration_rate=self.tracker.rate())
         for row in out["layers"]:
             row["explored"] = self.tracker.rate(row["name"])
-            row["regrown_new"] = sum(u["new"][row["name"]] for u in self.updates)
+            row["regrown_new"] = sum(u["new"][row["name"]] for u in self.updates if "new" in u)
         return out
 
     def state_dict(self) -> dict[str, Any]:
@@ -256,70 +246,3 @@ class RigL(DynamicSparse):
 
     def drop_fraction(self, step: int, plan: Plan) -> float:
         return rigl_drop_fraction(step, self.alpha, t_end=plan.end)
-
-
-@METHODS.register("granet", help="GraNet: cubic gradual global magnitude pruning to t_f = 50% of training, "
-                                 "plus drop/regrow by gradient (Liu et al. 2021)")
-class GraNet(DynamicSparse):
-    """GraNet (official code's rules): every ΔT steps until t_f, global magnitude pruning of the
-    active weights to s_t = s_f + (s_i - s_f)(1 - t/t_f)^3 (t0 = 0; t_f rounded down to a multiple
-    of ΔT, as the reference's integer iteration counts do, so s_f is reached by t_f), then per layer
-    drop ⌈r_t·n_active⌉ smallest |θ| and regrow as many by dense |gradient|. Drop/regrow continues
-    every ΔT to the end of training, r_t cosine from r = 0.5 to 0.005 over all steps. Layers named
-    by ``--dense-first``/``--dense-last`` are never pruned; the target counts over all layers.
-    """
-
-    Options = GraNetOptions
-    default_delta_t = 1000
-    default_alpha = 0.5
-    default_t_end = 0.5
-    rounding = "ceil"
-
-    @property
-    def start_sparsity(self) -> float:
-        return self.options.granet_initial
-
-    def last_window_step(self, end: int) -> int:
-        return end
-
-    def is_update(self, step: int, plan: Plan) -> bool:
-        return step > 0 and step % plan.delta_t == 0
-
-    def drop_fraction(self, step: int, plan: Plan) -> float:
-        return cosine_drop_fraction(step, self.alpha, t_total=plan.total)
-
-    def prune_end(self, plan: Plan) -> int:
-        """The effective t_f: the last pruning step, a multiple of ΔT."""
-        return plan.delta_t * (plan.end // plan.delta_t)
-
-    def choose(self, state: TrainState) -> tuple[MaskSet, dict[str, Any]]:
-        masks, info = super().choose(state)
-        o, names = self.options, list(masks)
-        dense = dense_names(names, o.dense_first, o.dense_last)
-        budget = kept_total(masks.numel(), o.sparsity) - sum(masks.numel(n) for n in dense)
-        if budget < (len(names) - len(dense) if o.guard else 1):
-            raise DrtError(f"granet cannot reach sparsity {o.sparsity}: dense layers {', '.join(dense)} "
-                           "leave too few weights for the others")
-        info["targets"] = {n: (1.0 if n in dense else None) for n in names}  # global pruning
-        return masks, info
-
-    def before_drop_grow(self, state, step, plan, weights):
-        end = self.prune_end(plan)
-        if step > end:
-            return {}
-        o = self.options
-        target = granet_sparsity(step, o.granet_initial, o.sparsity, 0, end)
-        dense = set(dense_names(list(self.mask), o.dense_first, o.dense_last))
-        rest = MaskSet({n: m for n, m in self.mask.items() if n not in dense})
-        keep = kept_total(self.mask.numel(), target) - sum(self.mask.numel(n) for n in dense)
-        pruned = granet_prune_(weights, rest, check_sparsity(1.0 - keep / rest.numel()), state.optimizer,
-                               guard=o.guard)
-        for n, m in rest.items():
-            self.mask[n] = m
-        return {"target_sparsity": target, "pruned": pruned}
-
-    def summary(self, state: TrainState) -> dict[str, Any]:
-        out = super().summary(state)
-        out.update(distribution="global", start_distribution=self.distribution, granet_initial=self.start_sparsity,
-                   prune_end_step=self.prune_end(self.plan(state)))
-        return out

@@ -44,7 +44,7 @@ def _ranked(score: Tensor, candidates: Tensor, k: int, descending: bool, tiebrea
     flat = score.detach().reshape(-1).double().cpu()
     cand = candidates.reshape(-1).cpu()
     fill = float("inf") if not descending else float("-inf")
-    flat = flat.masked_fill(~cand, fill)
+    flat = torch.nan_to_num(flat, nan=fill).masked_fill(~cand, fill)  # NaN is never picked
     perm = tiebreak if tiebreak is not None else torch.arange(flat.numel())
     order = perm[torch.sort(flat[perm], descending=descending, stable=True).indices]
     out = torch.zeros(flat.numel(), dtype=torch.bool)
@@ -92,12 +92,20 @@ def drop_grow_(
     missing = [n for n in masks if n not in weights]
     if missing:
         raise DrtError(f"masked tensors without weights: {', '.join(missing)}")
+    if grow_scores is not None:
+        bad = [n for n in masks if n not in grow_scores or grow_scores[n].numel() != masks[n].numel()]
+        if bad:
+            raise DrtError(f"grow scores missing or of the wrong size for {', '.join(bad)}; "
+                           f"need one score per weight of {', '.join(masks)}")
     info = DropGrowInfo()
     for name, old in masks.items():
         w = weights[name]
         flat_w = w.detach().reshape(-1).cpu()
         active = old.reshape(-1).cpu()
         n_active = int(active.sum())
+        if n_active == active.numel():  # a dense layer has nowhere to grow: nothing changes
+            info.dropped[name] = info.grown[name] = info.new[name] = 0
+            continue
         if drop == "set":
             dropped, k = _drop_set(flat_w, active, drop_fraction)
         else:
@@ -191,4 +199,6 @@ class ExplorationTracker:
         return {n: t.clone() for n, t in self.ever.items()}
 
     def load_state_dict(self, state: Mapping[str, Tensor]) -> None:
+        if set(state) != set(self.ever):
+            raise DrtError(f"exploration state is for tensors {', '.join(state)}, not {', '.join(self.ever)}")
         self.ever = {n: state[n].bool().cpu().clone() for n in self.ever}
