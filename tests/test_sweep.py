@@ -15,7 +15,8 @@ import pytest
 from drt.errors import DrtError
 from drt.experiments.report import finished_runs, group_runs, table_rows
 from drt.experiments.store import Store
-from drt.experiments.sweep import add_sweep_parser, cmd_sweep, plan, threads_per_worker
+from drt.experiments.sweep import add_sweep_parser, cmd_sweep, threads_per_worker
+from drt.experiments.sweep_plan import plan
 
 BASE = {"dataset": "digits", "model": "mlp", "epochs": 2}
 
