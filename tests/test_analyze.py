@@ -11,8 +11,9 @@ import torch
 
 from drt.cli import Parser
 from drt.errors import DrtError
-from drt.experiments.analyze import add_analyze_parser, cmd_analyze, track_spectra
+from drt.experiments.analyze import track_spectra
 from drt.experiments.analyze_cka import analyze_cka
+from drt.experiments.analyze_cli import add_analyze_parser, cmd_analyze
 from drt.experiments.config import make_config
 from drt.experiments.loading import load_checkpoint_model, load_run_model
 from drt.experiments.runner import run

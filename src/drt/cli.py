@@ -61,7 +61,7 @@ def make_parser() -> Parser:
     add_run_flags(p)
     p.add_argument("--epochs", type=int, default=None, help="override the demo's epochs")
 
-    from drt.experiments.analyze import add_analyze_parser
+    from drt.experiments.analyze_cli import add_analyze_parser
     from drt.experiments.report import add_report_parser
     from drt.experiments.sweep import add_sweep_parser
 
@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = make_parser().parse_args(argv)
         args.argv = list(sys.argv[1:] if argv is None else argv)
-        from drt.experiments.analyze import cmd_analyze
+        from drt.experiments.analyze_cli import cmd_analyze
         from drt.experiments.report import cmd_report
         from drt.experiments.sweep import cmd_sweep
 

@@ -15,7 +15,8 @@ from torch import Tensor, nn
 from drt.analysis.cka_analysis import cka_table, layer_cka, plot_cka_heatmap
 from drt.data import Dataset, TensorLoader
 from drt.errors import DrtError
-from drt.experiments.analyze import checkpoint_tag, common_flags, markdown, refuse_settings, settings
+from drt.experiments.analyze import markdown
+from drt.experiments.analyze_cli import checkpoint_tag, common_flags, refuse_settings, settings
 from drt.experiments.config import DataConfig, ModelConfig
 from drt.experiments.env import resolve_device
 from drt.experiments.loading import config_from_dict, load_checkpoint_model, load_run_model, resolve_run
