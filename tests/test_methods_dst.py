@@ -221,3 +221,19 @@ def test_cli_trains_rigl_and_rejects_bad_options(capsys, results):
         _, err = capsys.readouterr()
         lines = err.strip().splitlines()
         assert code == 2 and len(lines) == 1 and message in lines[0], err
+
+
+
+def test_rigl_skips_an_update_whose_dense_gradient_is_not_finite(digits):
+    from drt.methods import Driver
+
+    method = RigL(DSTOptions(sparsity=0.8, delta_t=5))
+    drv = Driver(method, _model(digits), lambda g: torch.optim.SGD(g, lr=0.05), batches=None, epochs=1,
+                 steps_per_epoch=20, input_shape=digits.input_shape, num_classes=digits.num_classes)
+    before = {n: m.clone() for n, m in method.mask.items()}
+    method._grow = {n: torch.full(m.shape, float("nan")) for n, m in method.mask.items()}  # e.g. an AMP overflow
+    with pytest.warns(UserWarning, match="non-finite gradient at step 5; update skipped"):
+        method.update(drv.state, 5, method.plan(drv.state))
+    assert all(torch.equal(method.mask[n], m) for n, m in before.items())
+    assert method.updates == [{"step": 5, "skipped": "non-finite gradient"}]
+    assert method.summary(drv.state)["updates_skipped"] == 1
