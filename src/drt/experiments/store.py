@@ -114,9 +114,10 @@ class Store:
                  config["train"]["seed"], json.dumps(config), json.dumps(env), now, now, owner()))
 
     def mark_running(self, run_id: str) -> bool:
-        """Set a resumed run back to ``running``; False if the store has no such run."""
+        """Set a resumed run back to ``running``; False if the store has no such started run."""
         with self._conn() as c:
-            cur = c.execute("UPDATE runs SET status='running', error=NULL, updated=? WHERE id=?", (time.time(), run_id))
+            cur = c.execute("UPDATE runs SET status='running', error=NULL, updated=? WHERE id=? AND env IS NOT NULL",
+                            (time.time(), run_id))  # a claim placeholder (no env yet) is not a started run
         return cur.rowcount == 1
 
     def add_epoch(self, run_id: str, metrics: dict[str, Any]) -> None:
