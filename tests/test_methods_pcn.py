@@ -80,6 +80,13 @@ def test_auto_epoch_transforms_when_subspaces_settle(digits):
     assert 0.5 <= out.history[1]["pcn_overlap"] <= 1.0 + 1e-9
 
 
+def test_auto_epoch_with_per_layer_keep_measures_only_the_named_layers(digits):
+    pcn = PCN(PCNOptions(pcn_epoch="auto", pcn_auto_overlap=0.2, pcn_keep="fc2=8"))
+    out = train(_model(digits), digits, _cfg(epochs=6), pcn, device=CPU)  # latest: epoch 3
+    assert out.final["pcn_epoch"] == 2 and 0.2 <= out.history[1]["pcn_overlap"] <= 1.0 + 1e-9
+    assert list(pcn_layers(out.model)) == ["fc2"]
+
+
 def test_latest_epoch_bounds_auto(digits):
     pcn = PCN(PCNOptions(pcn_epoch="auto", pcn_auto_overlap=1.0, pcn_auto_latest=3, pcn_keep="0.9"))
     out = train(_model(digits), digits, _cfg(epochs=5), pcn, device=CPU)

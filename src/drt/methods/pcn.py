@@ -24,7 +24,7 @@ from torch import nn
 from drt.errors import DrtError
 from drt.methods.base import METHODS, Method, TrainState
 from drt.options import opt
-from drt.pcn import PCNStats, collect, compress, pcn_layers, pcn_spec, rebuild, subspace_overlaps
+from drt.pcn import PCNStats, collect, compress, pcn_layers, pcn_spec, plan_components, rebuild, subspace_overlaps
 
 
 def parse_keep(text: str) -> Any:
@@ -138,7 +138,11 @@ class PCN(Method):
         latest = o.pcn_auto_latest or max(1, state.epochs // 2)
         cur = self.stats(state)
         if self.prev is not None:
-            overlaps = subspace_overlaps(self.prev, cur, parse_keep(o.pcn_keep) if o.pcn_keep != "all" else 0.99)
+            kw = o.compress_kwargs()
+            keep = kw["keep"] if kw["keep"] != "all" else 0.99
+            ks = plan_components(state.model, cur, keep, width_fraction=kw["width_fraction"],
+                                 eig_threshold=kw["eig_threshold"], budget=kw["budget"], exclude=kw["exclude"])
+            overlaps = subspace_overlaps(self.prev, cur, ks)  # over the layers the transform would change
             mean = sum(overlaps.values()) / max(len(overlaps), 1)
             self.overlaps.append(mean)
             state.log["pcn_overlap"] = mean

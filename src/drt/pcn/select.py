@@ -134,17 +134,18 @@ def _apply_budget(model: nn.Module, stats: PCNStats, ks: dict[str, int], budget:
     return {n: alloc[stats.key(n)] for n in ks}
 
 
-def subspace_overlaps(prev: PCNStats, cur: PCNStats, keep: Keep = 0.99) -> dict[str, float]:
+def subspace_overlaps(prev: PCNStats, cur: PCNStats, keep: Keep | Mapping[str, int] = 0.99) -> dict[str, float]:
     """Per basis: ||V_prev^T V_cur||_F^2 / k between two collections (e.g. consecutive epochs).
 
-    k per basis comes from ``keep`` applied to ``cur`` (same rule for both). Values near 1 mean the
-    principal subspace has settled (a signal for choosing the transform epoch automatically).
+    k per basis comes from ``keep`` applied to ``cur`` (same rule for both), or from a mapping of
+    layer name -> k (e.g. ``plan_components``' plan; other layers are skipped). Values near 1 mean
+    the principal subspace has settled (a signal for choosing the transform epoch automatically).
     """
     out = {}
     for name in cur.layers:
         key = cur.key(name)
-        if key != name or key not in prev.keys:
+        if key != name or key not in prev.keys or (isinstance(keep, Mapping) and name not in keep):
             continue
-        k = k_for(keep, cur, name)
+        k = keep[name] if isinstance(keep, Mapping) else k_for(keep, cur, name)
         out[name] = subspace_overlap(prev.eig(name)[1][:, :k], cur.eig(name)[1][:, :k])
     return out
