@@ -97,6 +97,9 @@ def test_bad_options(values, message):
 def test_iterative_methods_need_global_distribution(digits):
     with pytest.raises(DrtError, match="global"):
         _fit(digits, "synflow", epochs=1, sparsity=0.5, distribution="erk", prune_rounds=2)
+    for method in ("synflow", "iter-snip", "force"):  # they would silently prune the layer anyway
+        with pytest.raises(DrtError, match="--dense-first/--dense-last are not supported"):
+            _fit(digits, method, epochs=1, sparsity=0.5, dense_first=True, prune_rounds=2)
 
 
 def test_snip_mask_is_deterministic(digits):

@@ -100,8 +100,12 @@ class Iterative(SparseMethod):
     rounds = 60
 
     def check(self) -> None:
+        name = type(self).__name__
         if self.options.distribution not in (None, "global"):
-            raise DrtError(f"{type(self).__name__} prunes with one global threshold; --distribution must be global")
+            raise DrtError(f"{name} prunes with one global threshold; --distribution must be global")
+        if self.options.dense_first or self.options.dense_last:
+            raise DrtError(f"{name} prunes every layer under one global threshold; --dense-first/--dense-last "
+                           "are not supported (use a one-shot method such as snip or magnitude)")
 
 
 @METHODS.register("synflow", help="SynFlow: data-free iterative conservation scores, 100 rounds (Tanaka et al. 2020)")
