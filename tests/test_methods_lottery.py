@@ -165,6 +165,17 @@ def test_imp_rewind_beyond_round_zero_is_an_error(digits):
               device=CPU)
 
 
+def test_imp_unreachable_budget_fails_before_training(digits):
+    epochs = []  # mlp [32]: fc1 64x32 dense + fc2 32x10 dense leave nothing to prune for 90%
+    opts = IMPOptions(sparsity=0.9, imp_rounds=2, dense_first=True, dense_last=True)
+    with pytest.raises(DrtError, match="cannot reach sparsity"):
+        train(_mlp(digits), digits, TrainConfig(epochs=1, batch_size=64), IMP(opts), device=CPU,
+              on_epoch=epochs.append)
+    assert epochs == []
+    with pytest.raises(DrtError, match="needs .* rounds to reach sparsity 0.9; raise --imp-rate"):
+        imp_schedule(0.9, rate=1e-9)
+
+
 def test_imp_cli(capsys, tmp_path):
     base = ["train", "--dataset", "digits", "--model", "mlp", "--epochs", "1", "--no-progress",
             "--results-dir", str(tmp_path), "--method", "imp"]

@@ -88,6 +88,11 @@ def test_distributions_hit_the_target(digits, distribution):
     ({"sparsity": -0.1}, "sparsity"),
     ({"distribution": "nope"}, "valid: "),
     ({"score_batches": 0}, "score_batches must be >= 1"),
+    ({"method": "grasp", "grasp_temperature": 0}, "grasp_temperature > 0"),
+    ({"method": "grasp", "grasp_per_class": 0}, "grasp_per_class >= 1"),
+    ({"method": "synflow", "prune_rounds": 0}, "prune_rounds must be >= 1"),
+    ({"method": "force", "prune_rounds": 0}, "prune_rounds must be >= 1"),
+    ({"method": "synflow", "score_batches": 2}, "do not apply to method 'synflow'"),
 ])
 def test_bad_options(values, message):
     with pytest.raises(DrtError, match=message):
@@ -100,6 +105,11 @@ def test_iterative_methods_need_global_distribution(digits):
     for method in ("synflow", "iter-snip", "force"):  # they would silently prune the layer anyway
         with pytest.raises(DrtError, match="--dense-first/--dense-last are not supported"):
             _fit(digits, method, epochs=1, sparsity=0.5, dense_first=True, prune_rounds=2)
+
+
+def test_more_score_batches_than_the_data_has_is_a_clear_error(digits):
+    with pytest.raises(DrtError, match=r"score_batches 99 asks for more batches than the training data has \(\d+\)"):
+        _fit(digits, "snip", epochs=1, sparsity=0.5, score_batches=99)
 
 
 def test_snip_mask_is_deterministic(digits):

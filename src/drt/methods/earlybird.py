@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
-from torch.nn.modules.conv import _ConvNd
+from torch.nn.modules.conv import _ConvNd, _ConvTransposeNd
 
 from drt.errors import DrtError
 from drt.methods.base import METHODS, Method, TrainState
@@ -54,7 +54,7 @@ def bn_producers(model: nn.Module, input_shape: Sequence[int]) -> dict[str, str 
     found: dict[str, str | None] = {}
     hooks = []
     for name, m in model.named_modules():
-        if isinstance(m, _ConvNd | nn.Linear):
+        if isinstance(m, _ConvNd | nn.Linear) and not isinstance(m, _ConvTransposeNd):  # outputs: weight dim 0
             hooks.append(m.register_forward_hook(lambda mod, i, o, n=name: outputs.__setitem__(id(o), (n, o))))
         elif isinstance(m, _BatchNorm) and m.affine:
             found[name] = None

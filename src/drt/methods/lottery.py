@@ -15,6 +15,7 @@ as ``imp_round_<r>.pt`` in ``state.run_dir``.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +27,7 @@ from drt.methods.base import METHODS, TrainState
 from drt.methods.sparse_base import SparseMethod
 from drt.options import opt
 from drt.sparse import MaskSet, check_sparsity, magnitude_scores, masks_from_scores, prunable
+from drt.train.checkpoint import save_checkpoint
 
 TOL = 1e-9
 
@@ -35,7 +37,10 @@ def _reach(rate: float, rounds: int) -> float:
 
 
 def _rounds_needed(sparsity: float, rate: float) -> int:
-    n = 0
+    """The fewest rounds at ``rate`` whose sparsity 1 - (1 - rate)^n reaches ``sparsity``."""
+    n = max(0, math.ceil(math.log1p(-sparsity) / math.log1p(-rate) - 1e-9))
+    while n > 0 and _reach(rate, n - 1) >= sparsity - TOL:  # float slack around the closed form
+        n -= 1
     while _reach(rate, n) < sparsity - TOL:
         n += 1
     return n
@@ -61,6 +66,8 @@ def imp_schedule(sparsity: float, rounds: int | None = None, rate: float | None 
     if rate is None:
         rate = 1.0 - (1.0 - s) ** (1.0 / rounds) if rounds is not None else 0.2
     needed = _rounds_needed(s, rate)
+    if needed > 1000:
+        raise DrtError(f"imp_rate {rate} needs {needed} rounds to reach sparsity {s}; raise --imp-rate")
     if rounds is None:
         rounds = needed
     elif rounds < needed:
@@ -151,6 +158,10 @@ class IMP(SparseMethod):
                            "iterations; use a smaller k, init or lr")
         self.steps_per_epoch = state.steps_per_epoch
         super().setup(state)
+        if self.targets:  # the last round's rule on θ₀: an unreachable budget fails now, not rounds later
+            o = self.options
+            masks_from_scores(magnitude_scores(prunable(state.model)), self.targets[-1], "global",
+                              dense_first=o.dense_first, dense_last=o.dense_last, guard=o.guard)
         self.theta0 = _snapshot(state.model)
 
     def after_step(self, state: TrainState) -> None:
@@ -175,10 +186,9 @@ class IMP(SparseMethod):
                              "sparsity": self.mask.sparsity(), "end_epoch": state.epoch,
                              "test_acc": _epoch_metric(state, "test_acc")})
         if state.run_dir is not None:
-            state.run_dir.mkdir(parents=True, exist_ok=True)
-            torch.save({"round": r, "sparsity": self.mask.sparsity(), "mask": self.mask.state_dict(),
-                        "model": {k: v.cpu() for k, v in _snapshot(state.model).items()}},
-                       state.run_dir / f"imp_round_{r}.pt")
+            save_checkpoint(state.run_dir / f"imp_round_{r}.pt",
+                            {"round": r, "sparsity": self.mask.sparsity(), "mask": self.mask.state_dict(),
+                             "model": {k: v.cpu() for k, v in _snapshot(state.model).items()}})
 
     @torch.no_grad()
     def _prune_and_reset(self, state: TrainState, r: int) -> None:
@@ -190,7 +200,8 @@ class IMP(SparseMethod):
                                        dense_last=o.dense_last, guard=o.guard)
         if self.rewind != "lr":
             state.model.load_state_dict(self.theta_k if self.rewind not in ("init", 0) else self.theta0)
-        self.set_mask(state, mask, info)
+        info["guard_fired"] = sorted(set(self.info.get("guard_fired", [])) | set(info.get("guard_fired", [])))
+        self.set_mask(state, mask, info)  # guard firings accumulate over the rounds
         self.round = r
 
     def summary(self, state: TrainState) -> dict[str, Any]:

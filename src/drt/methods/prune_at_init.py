@@ -44,10 +44,34 @@ class GraspOptions(SparseOptions):
     grasp_temperature: float = opt(200.0, "GraSP logit temperature T")
     grasp_per_class: int = opt(10, "GraSP samples per class")
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.grasp_temperature > 0 or self.grasp_per_class < 1:
+            raise DrtError(f"GraSP needs grasp_temperature > 0 and grasp_per_class >= 1, got "
+                           f"{self.grasp_temperature} and {self.grasp_per_class}")
+
+
+def _check_rounds(rounds: int | None) -> None:
+    if rounds is not None and rounds < 1:
+        raise DrtError(f"prune_rounds must be >= 1, got {rounds}")
+
+
+@dataclass(frozen=True)
+class SynFlowOptions(SparseOptions):
+    prune_rounds: int | None = opt(None, "iterative pruning rounds (SynFlow 100, Iter-SNIP/FORCE 60)")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_rounds(self.prune_rounds)
+
 
 @dataclass(frozen=True)
 class IterativeOptions(ScoredOptions):
     prune_rounds: int | None = opt(None, "iterative pruning rounds (SynFlow 100, Iter-SNIP/FORCE 60)")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_rounds(self.prune_rounds)
 
 
 class OneShot(SparseMethod):
@@ -110,6 +134,7 @@ class Iterative(SparseMethod):
 
 @METHODS.register("synflow", help="SynFlow: data-free iterative conservation scores, 100 rounds (Tanaka et al. 2020)")
 class SynFlow(Iterative):
+    Options = SynFlowOptions
     data_free = True
     rounds = 100
 

@@ -12,8 +12,9 @@ checksum (``check_ranks_agree``), failing loudly if they diverge.
 
 from __future__ import annotations
 
+import itertools
 import json
-from collections.abc import Iterator
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -134,12 +135,18 @@ class SparseMethod(Method):
 
 def score_batches(state: TrainState, n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """The first ``n`` un-augmented training batches (the same on every run with this seed)."""
-    it: Iterator = state.batches()
-    return [next(it) for _ in range(n)]
+    if state.batches is None:
+        raise DrtError("this method scores weights on training batches; give the Driver batches=...")
+    out = list(itertools.islice(state.batches(), n))
+    if len(out) < n:
+        raise DrtError(f"score_batches {n} asks for more batches than the training data has ({len(out)})")
+    return out
 
 
 def class_balanced_batch(state: TrainState, per_class: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """One batch with ``per_class`` samples of every class (GraSP's sampling)."""
+    if state.batches is None:
+        raise DrtError("this method scores weights on training batches; give the Driver batches=...")
     xs, ys, have = [], [], torch.zeros(state.num_classes, dtype=torch.long)
     for x, y in state.batches():
         for c in range(state.num_classes):
@@ -151,4 +158,7 @@ def class_balanced_batch(state: TrainState, per_class: int) -> list[tuple[torch.
                 have[c] += len(idx)
         if bool((have >= per_class).all()):
             break
+    short = [c for c in range(state.num_classes) if have[c] < per_class]
+    if short:
+        warnings.warn(f"GraSP batch: classes {short} have fewer than {per_class} training samples", stacklevel=2)
     return [(torch.cat(xs), torch.cat(ys))]

@@ -48,6 +48,17 @@ def _reduce_(grads: dict[str, Tensor], reduce: GradReduce | None) -> dict[str, T
     return grads
 
 
+def _autograd(out: Tensor, params: Mapping[str, Tensor], create_graph: bool = False,
+           second_order: bool = False) -> list[Tensor]:
+    """d out / d params; DrtError naming weights the forward pass never used (a second-order
+    term that is structurally zero counts as zeros)."""
+    grads = torch.autograd.grad(out, list(params.values()), create_graph=create_graph, allow_unused=True)
+    unused = [n for n, g in zip(params, grads, strict=True) if g is None]
+    if unused and not second_order:
+        raise DrtError(f"scores need every pruned weight in the forward pass; unused: {', '.join(unused)}")
+    return [torch.zeros_like(p) if g is None else g for p, g in zip(params.values(), grads, strict=True)]
+
+
 def _named(model: nn.Module, names: Sequence[str] | None) -> dict[str, nn.Parameter]:
     params = dict(model.named_parameters())
     names = list(prunable(model)) if names is None else list(names)
@@ -65,7 +76,7 @@ def _grads(model: nn.Module, params: dict[str, nn.Parameter], loss_fn: LossFn, b
     seen = False
     for x, y in batches:
         loss = loss_fn(model(x) / scale, y)
-        for n, g in zip(params, torch.autograd.grad(loss, list(params.values())), strict=True):
+        for n, g in zip(params, _autograd(loss, params), strict=True):
             total[n] += g
         seen = True
     if not seen:
@@ -114,9 +125,9 @@ def grasp_scores(model: nn.Module, loss_fn: LossFn, batches: Batches, names: Seq
     hg = {n: torch.zeros_like(p) for n, p in params.items()}
     for x, y in batches:
         loss = loss_fn(model(x) / T, y)
-        grad_f = torch.autograd.grad(loss, list(params.values()), create_graph=True)
+        grad_f = _autograd(loss, params, create_graph=True)
         z = sum((g[n] * gf).sum() for n, gf in zip(params, grad_f, strict=True))
-        for n, h in zip(params, torch.autograd.grad(z, list(params.values())), strict=True):
+        for n, h in zip(params, _autograd(z, params, second_order=True), strict=True):
             hg[n] += h
     _reduce_(hg, reduce)
     return {n: p.detach() * hg[n] for n, p in params.items()}
@@ -139,7 +150,7 @@ def _synflow_on(net: nn.Module, params: dict[str, nn.Parameter], input_shape: Se
     p0 = next(iter(params.values()))
     x = torch.ones((1, *input_shape), dtype=p0.dtype, device=p0.device)
     r = net(x).sum()
-    grads = torch.autograd.grad(r, list(params.values()))
+    grads = _autograd(r, params)
     return {n: (p.detach() * g).abs() for (n, p), g in zip(params.items(), grads, strict=True)}
 
 
