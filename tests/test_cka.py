@@ -76,6 +76,21 @@ def test_invariant_to_orthogonal_transform_and_isotropic_scaling(unbiased, scale
         assert abs(linear_cka(xa, ya, unbiased=unbiased).item() - base.item()) < 1e-10
 
 
+@pytest.mark.parametrize("unbiased", [False, True])
+def test_invariant_to_a_large_constant_offset(unbiased):
+    x = torch.randn(12, 6, generator=_g(1), dtype=F64)
+    y = x @ torch.randn(6, 4, generator=_g(2), dtype=F64) + torch.randn(12, 4, generator=_g(3), dtype=F64)
+    base = linear_cka(x, y, unbiased=unbiased).item()
+    for offset in (1e2, 1e3, 1e5):  # the guard's floor is relative to the centred Grams, not the raw ones
+        assert abs(linear_cka(x + offset, y - offset, unbiased=unbiased).item() - base) < 1e-6
+        assert abs(linear_cka(x + offset, x + offset, unbiased=unbiased).item() - 1.0) < 1e-6
+        kx, ky = gram_linear(x + offset), gram_linear(y)
+        assert abs(cka_from_grams(kx, ky, unbiased=unbiased).item() - base) < 1e-6
+    mb = MinibatchCKA(unbiased=unbiased)
+    mb.update([x + 1e3], [y])
+    assert abs(mb.compute()[0, 0].item() - base) < 1e-6  # one batch: the plain estimate
+
+
 def test_unbiased_estimator_is_centred_on_zero_for_unrelated_features():
     draws, n, d = 2000, 8, 256
     x = torch.randn(draws, n, d, generator=_g(6), dtype=F64)

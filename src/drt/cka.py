@@ -32,8 +32,8 @@ def _min_n(n: int, unbiased: bool, what: str = "HSIC") -> None:
 
 def _flat(x: Tensor, n: int = -1) -> Tensor:
     """(n, ...) -> (n, features) float64, keeping the first ``n`` rows (-1 = all)."""
-    x = x.reshape(x.shape[0], -1).to(torch.float64)
-    return x if n < 0 else x[:n]
+    x = x if n < 0 else x[:n]  # slice before the float64 copy: n is the cost control
+    return x.reshape(x.shape[0], -1).to(torch.float64)
 
 
 def _unit(x: Tensor) -> Tensor:
@@ -107,13 +107,13 @@ def _ratio(kl: Tensor, kk: Tensor, ll: Tensor, floor: Tensor | float) -> Tensor:
 
 
 def cka_from_grams(k: Tensor, l: Tensor, unbiased: bool = False, eps: float = EPS) -> Tensor:
-    """CKA of Gram matrices (..., n, n) -> (...); the floor is relative to ‖K‖_F·‖L‖_F."""
+    """CKA of Gram matrices (..., n, n) -> (...); the floor is relative to the centred ‖K‖_F·‖L‖_F."""
     n = k.shape[-1]
     if l.shape[-1] != n:
         raise DrtError(f"CKA needs the same batch size for both Gram matrices; got {n} and {l.shape[-1]}")
     _min_n(n, unbiased)
-    kc = _centre(_unit(k.to(torch.float64)), unbiased)
-    lc = _centre(_unit(l.to(torch.float64)), unbiased)
+    kc = _unit(_centre(k.to(torch.float64), unbiased))  # scale after centring: a constant offset in the
+    lc = _unit(_centre(l.to(torch.float64), unbiased))  # features must not push the centred part under the floor
     kl, kk, ll = ((a * b).sum((-2, -1)) for a, b in ((kc, lc), (kc, kc), (lc, lc)))
     return _ratio(kl, kk, ll, eps**2)
 
@@ -126,8 +126,8 @@ def _centred_grams(feats: Sequence[Tensor], unbiased: bool, kernel: str = "linea
     _min_n(n, unbiased, "CKA")
     out = []
     for f in feats:
-        x = _unit(_flat(f))
-        k = gram_linear(x - x.mean(0)) if kernel == "linear" else _unit(gram_rbf(x))
+        x = _flat(f)
+        k = gram_linear(_unit(x - x.mean(0))) if kernel == "linear" else _unit(gram_rbf(_unit(x)))
         out.append(_centre(k, unbiased).reshape(-1))
     return torch.stack(out)
 
@@ -243,7 +243,8 @@ class MinibatchCKA:
         xs = [_flat(f.detach()) for f in feats]
         n = xs[0].shape[0]
         _min_n(n, self.unbiased, "minibatch CKA")
-        g = torch.stack([_centre(gram_linear(x - x.mean(0)), self.unbiased).reshape(-1) for x in xs])
+        xs = [x - x.mean(0) for x in xs]
+        g = torch.stack([_centre(gram_linear(x), self.unbiased).reshape(-1) for x in xs])
         ref = torch.stack([torch.linalg.vector_norm(x) ** 4 for x in xs])  # >= ‖centred Gram‖² (scale)
         return g, ref, _norm(n, self.unbiased)
 
