@@ -64,6 +64,17 @@ def test_added_only_every_m_batches_and_changes_training(digits):
     assert not torch.equal(a.model.fc1.weight, b.model.fc1.weight)
 
 
+def test_a_batch_too_small_for_the_estimator_is_skipped_and_a_silent_layer_named(digits):
+    state = _state(create("mlp", digits.input_shape, 10))
+    reg = CKASR(CKASROptions(cka_every=1))
+    reg.attach(state)
+    assert reg.extra_loss(state, state.model(digits.x_train[:3])) is None  # a short last batch: no term
+    assert reg.extra_loss(state, state.model(digits.x_train[:4])) is not None
+    reg.hooks.clear()
+    with pytest.raises(DrtError, match="did not run in the forward pass"):
+        reg.extra_loss(state, None)
+
+
 @pytest.mark.parametrize("values, message", [
     ({"cka_beta": -1e-4}, "cka_beta must be >= 0"),
     ({"cka_samples": 3}, "at least 4"),

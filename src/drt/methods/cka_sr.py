@@ -66,10 +66,16 @@ class CKASR(Method):
         self.stages = feature_stages(state.model, self.options.cka_layers)
         self.hooks = FeatureHooks(state.model, [n for s in self.stages for n in s])
 
-    def loss(self) -> torch.Tensor:
-        """β × the CKA-SR term on the features captured by the last forward pass."""
+    def loss(self) -> torch.Tensor | None:
+        """β × the CKA-SR term on the features captured by the last forward pass; None for a batch too
+        small for the estimator (a short last batch: fewer than 4 samples, 2 for AugCKA)."""
         o, feats = self.options, self.hooks.features
+        missing = [n for s in self.stages for n in s if n not in feats]
+        if missing:
+            raise DrtError(f"CKA-SR feature layers {', '.join(missing)} did not run in the forward pass")
         stages = [[feats[n] for n in s] for s in self.stages]
+        if stages and stages[0] and stages[0][0].shape[0] < (2 if o.cka_variant == "aug" else 4):
+            return None
         if o.cka_variant == "aug":
             term = aug_cka_loss([f for s in stages for f in s], o.cka_samples)
         else:
@@ -80,8 +86,12 @@ class CKASR(Method):
         try:
             if state.step % self.options.cka_every or self.options.cka_beta == 0:
                 return None
+            if self.hooks is None:
+                raise DrtError("CKA-SR was not attached to the model (call attach() / use it through the Driver)")
             loss = self.loss()
-            state.log["cka_sr"] = float(loss.detach()) / max(self.options.cka_beta, 1e-30)
+            if loss is not None:
+                state.log["cka_sr"] = float(loss.detach()) / max(self.options.cka_beta, 1e-30)
             return loss
         finally:
-            self.hooks.clear()
+            if self.hooks is not None:
+                self.hooks.clear()
