@@ -391,3 +391,20 @@ def test_flops_per_sample_count_the_projection_not_the_per_batch_bias_folding():
     layer = PCNLinear(d, k, out)  # its mean is folded into the bias once per batch, not per sample
     assert forward_flops(layer, (d,)) == 2 * (d * k + k * out)
     assert forward_flops(nn.Linear(d, out), (d,)) == 2 * d * out
+
+
+def test_compressed_and_rebuilt_models_do_not_inherit_the_originals_hooks():
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 5), nn.ReLU(), nn.Linear(5, 3)).double()
+    seen = []
+    for m in model:
+        m.register_forward_hook(lambda mod, i, o: seen.append(mod))  # e.g. a regulariser's feature capture
+    stats = pcn.collect(model, [_x(40, 6)])
+    seen.clear()
+    small = pcn.compress(model, stats, keep="all", output=True)
+    big = pcn.expand(small)
+    rebuilt = pcn.rebuild(model, pcn.pcn_spec(small))
+    for net in (small, big, rebuilt):
+        net(_x(4, 6))
+    assert seen == []
+    model(_x(4, 6))
+    assert len(seen) == 5  # the original keeps its own

@@ -136,7 +136,7 @@ def narrow_(model: nn.Module, sample_shape: tuple[int, ...], *, which: bool | It
         for name in sp.bns:
             _slice_bn_(modules[name], idx)
         for name, f in sp.readers:
-            _slice_in_(modules[name], (idx[:, None] * f + torch.arange(f)).reshape(-1))
+            _slice_in_(modules[name], (idx[:, None] * f + torch.arange(f, device=idx.device)).reshape(-1))
         report[label] = {"channels": channels, "kept": m, "producers": list(sp.producers), "bns": list(sp.bns),
                          "readers": [n for n, _ in sp.readers]}
     return report

@@ -6,7 +6,6 @@ Checkpoints after the transform (and compressed models loaded in plain PyTorch) 
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import torch
@@ -14,7 +13,7 @@ from torch import nn
 
 from drt.errors import DrtError
 from drt.pcn.layers import PCNLayer, pcn_class
-from drt.pcn.transform import set_module_
+from drt.pcn.transform import copy_without_hooks, set_module_
 
 FORMAT = "drt.pcn/1"
 SIZE_ATTRS = ("in_channels", "out_channels", "in_features", "out_features", "num_features")
@@ -54,7 +53,7 @@ def rebuild(template: nn.Module, spec: dict[str, Any]) -> nn.Module:
     """
     if not isinstance(spec, dict) or spec.get("format") != FORMAT:
         raise DrtError(f"not a PCN spec (expected format {FORMAT!r})")
-    model = copy.deepcopy(template)
+    model = copy_without_hooks(template)
     for name, s in spec["resized"].items():
         m = _get(model, name, s["type"])
         for a, v in s["attrs"].items():

@@ -18,6 +18,16 @@ from drt.pcn.select import Exclude, KeepArg, plan_components
 from drt.pcn.stats import PCNStats
 
 
+def copy_without_hooks(model: nn.Module) -> nn.Module:
+    """A deep copy of ``model`` whose modules carry no forward/backward hooks: the original's hooks
+    close over the original (e.g. a regulariser's feature store) and must not fire for the copy."""
+    out = copy.deepcopy(model)
+    for m in out.modules():
+        for hooks in (m._forward_hooks, m._forward_pre_hooks, m._backward_hooks, m._backward_pre_hooks):
+            hooks.clear()
+    return out
+
+
 def set_module_(root: nn.Module, name: str, new: nn.Module) -> nn.Module:
     """Replace submodule ``name`` (qualified) of ``root`` by ``new``, keeping its train/eval flag; in place."""
     parent_name, _, attr = name.rpartition(".")
@@ -46,7 +56,7 @@ def compress(model: nn.Module, stats: PCNStats, keep: KeepArg = "all", *, width_
     """
     ks = plan_components(model, stats, keep, width_fraction=width_fraction, eig_threshold=eig_threshold,
                          budget=budget, exclude=exclude, include_first=include_first)
-    small = copy.deepcopy(model)
+    small = copy_without_hooks(model)
     owners: dict[str, str] = {}
     eigvals: dict[str, Tensor] = {}
     for name, k in ks.items():
@@ -71,7 +81,7 @@ def expand(small: nn.Module) -> nn.Module:
     W = W' V^T and b = b' - W mu (rank k when k < d; the plain layer always has a bias). Channels
     removed by the output transform stay removed. ``small`` is left untouched.
     """
-    big = copy.deepcopy(small)
+    big = copy_without_hooks(small)
     for name, m in list(big.named_modules()):
         if isinstance(m, PCNLayer):
             set_module_(big, name, m.to_plain())  # type: ignore[operator]
