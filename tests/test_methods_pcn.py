@@ -112,10 +112,31 @@ def test_keep_parsing():
     ({"pcn_epoch": "soon"}, "pcn_epoch"),
     ({"pcn_keep": "x=y"}, "keep rule"),
     ({"sparsity": 0.9}, "do not apply to method 'pcn'"),  # PCN + a sparse mask: refused
+    ({"pcn_keep": "0"}, "an int k must be >= 1"),
+    ({"pcn_keep": "1.5"}, r"variance fraction in \(0, 1\]"),
+    ({"pcn_keep": "fc1=0"}, "an int k must be >= 1"),
+    ({"pcn_width_fraction": 1.5}, "pcn_width_fraction must be in"),
+    ({"pcn_budget": 2.5}, "pcn_budget must be a fraction"),
+    ({"pcn_output_keep": 1.5}, "pcn_output_keep must be"),
+    ({"pcn_auto_latest": 0}, "pcn_auto_latest must be >= 1"),
 ])
 def test_bad_options(values, message):
     with pytest.raises(DrtError, match=message):
         make_config({"method": "pcn", **values})
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"pcn_keep": "nope*=8"}, "pcn_keep: 'nope\\*' matches no eligible layer"),
+    ({"pcn_exclude": ("fc9",)}, "pcn_exclude: 'fc9' matches no eligible layer"),
+    ({"pcn_keep": "fc2=999"}, "pcn keep 999 for layer 'fc2' exceeds its input width"),
+    ({"pcn_epoch": "auto", "pcn_auto_latest": 3}, "pcn_auto_latest 3 must be before the last epoch"),
+])
+def test_layer_rules_are_checked_before_training(digits, options, message):
+    epochs = []
+    with pytest.raises(DrtError, match=message):
+        train(_model(digits), digits, _cfg(epochs=3), PCN(PCNOptions(**options)), device=CPU,
+              on_epoch=epochs.append)
+    assert epochs == []
 
 
 def test_transform_epoch_must_precede_the_end(digits):

@@ -204,4 +204,4 @@ def subspace_overlap(va: Tensor, vb: Tensor) -> float:
     if va.dim() != 2 or vb.dim() != 2 or va.shape[0] != vb.shape[0]:
         raise DrtError(f"bases must be (d, k) with the same d; got {tuple(va.shape)} and {tuple(vb.shape)}")
     k = min(va.shape[1], vb.shape[1])
-    return float((va.to(_F64).T @ vb.to(_F64)).pow(2).sum() / k)
+    return float((va.to(_F64).T @ vb.to(device=va.device, dtype=_F64)).pow(2).sum() / k)

@@ -25,6 +25,7 @@ from drt.errors import DrtError
 from drt.methods.base import METHODS, Method, TrainState
 from drt.options import opt
 from drt.pcn import PCNStats, collect, compress, pcn_layers, pcn_spec, plan_components, rebuild, subspace_overlaps
+from drt.pcn.stats import eligible_layers, select_layers
 
 
 def parse_keep(text: str) -> Any:
@@ -40,12 +41,28 @@ def parse_keep(text: str) -> Any:
                 return float(v)
             except ValueError:
                 raise DrtError(f"pcn keep rule {v!r} must be 'all', an int k or a variance fraction") from None
+    def checked(v: Any) -> Any:
+        if (isinstance(v, int) and v < 1) or (isinstance(v, float) and not 0 < v <= 1):
+            raise DrtError(f"pcn keep rule {v!r}: an int k must be >= 1 and a variance fraction in (0, 1]")
+        return v
     if "=" in text:
         pairs = [p.split("=", 1) for p in text.split(",") if p.strip()]
         if any(len(p) != 2 for p in pairs):
             raise DrtError(f"pcn keep {text!r}: use name=rule pairs separated by commas")
-        return {k.strip(): one(v) for k, v in pairs}
-    return one(text)
+        return {k.strip(): checked(one(v)) for k, v in pairs}
+    return checked(one(text))
+
+
+def check_layer_rules(model: nn.Module, keep: Any, exclude: Iterable[str]) -> None:
+    """DrtError if a keep or exclude pattern matches no eligible layer, or a fixed k exceeds a layer's width."""
+    eligible, _ = eligible_layers(model)
+    select_layers(eligible, list(exclude), eligible, "pcn_exclude")
+    for pat, rule in (keep.items() if isinstance(keep, dict) else []):  # a global k is checked at the transform
+        for name in select_layers(eligible, [pat], eligible, "pcn_keep"):
+            m = eligible[name]
+            d = m.in_features if isinstance(m, nn.Linear) else m.in_channels
+            if isinstance(rule, int) and rule > d:
+                raise DrtError(f"pcn keep {rule} for layer {name!r} exceeds its input width {d}")
 
 
 def rank_share(batches: Iterable[Any], total: int) -> Iterator[Any]:
@@ -93,10 +110,22 @@ class PCNOptions:
             raise DrtError(f"pcn_samples must be >= 2, got {self.pcn_samples}")
         if not 0 < self.pcn_auto_overlap <= 1:
             raise DrtError(f"pcn_auto_overlap must be in (0, 1], got {self.pcn_auto_overlap}")
+        for name, value, ok, want in (
+            ("pcn_width_fraction", self.pcn_width_fraction, lambda v: 0 < v <= 1, "in (0, 1]"),
+            ("pcn_eig_threshold", self.pcn_eig_threshold, lambda v: v >= 0, ">= 0"),
+            ("pcn_budget", self.pcn_budget, lambda v: v > 0 and (v < 1 or float(v).is_integer()),
+             "a fraction in (0, 1) or a whole count"),
+            ("pcn_output_keep", self.pcn_output_keep, lambda v: v > 0 and (v <= 1 or float(v).is_integer()),
+             "a fraction in (0, 1] or a whole count"),
+            ("pcn_pool_to", self.pcn_pool_to, lambda v: v >= 1, ">= 1"),
+            ("pcn_auto_latest", self.pcn_auto_latest, lambda v: v >= 1, ">= 1"),
+        ):
+            if value is not None and not ok(value):
+                raise DrtError(f"{name} must be {want}, got {value}")
 
     def compress_kwargs(self) -> dict[str, Any]:
         keep_out = self.pcn_output_keep
-        if keep_out is not None and keep_out >= 1:
+        if keep_out is not None and keep_out > 1:  # a count; 1.0 is the fraction "keep all"
             keep_out = int(keep_out)
         budget = self.pcn_budget
         if budget is not None and budget >= 1:
@@ -124,6 +153,9 @@ class PCN(Method):
             raise DrtError(f"pcn_epoch {o.pcn_epoch} must be before the last epoch ({state.epochs})")
         if pcn_layers(state.model):
             raise DrtError("the model already has PCN layers; transforming twice is not supported")
+        if o.pcn_epoch == "auto" and o.pcn_auto_latest is not None and o.pcn_auto_latest >= state.epochs:
+            raise DrtError(f"pcn_auto_latest {o.pcn_auto_latest} must be before the last epoch ({state.epochs})")
+        check_layer_rules(state.model, parse_keep(o.pcn_keep), o.pcn_exclude)  # now, not after E epochs
 
     def stats(self, state: TrainState) -> PCNStats:
         """Input statistics of ``pcn_samples`` training samples, summed over ranks."""
