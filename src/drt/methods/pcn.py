@@ -156,6 +156,12 @@ class PCN(Method):
         if o.pcn_epoch == "auto" and o.pcn_auto_latest is not None and o.pcn_auto_latest >= state.epochs:
             raise DrtError(f"pcn_auto_latest {o.pcn_auto_latest} must be before the last epoch ({state.epochs})")
         check_layer_rules(state.model, parse_keep(o.pcn_keep), o.pcn_exclude)  # now, not after E epochs
+        world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+        if world > 1:  # every rank must see samples, or one fails alone while the others wait in all-reduce
+            per_rank = len(next(iter(state.batches()))[0])
+            if o.pcn_samples < world * per_rank:
+                raise DrtError(f"pcn_samples {o.pcn_samples} is below one global batch ({world} x {per_rank}); "
+                               "under DDP every rank must contribute statistics")
 
     def stats(self, state: TrainState) -> PCNStats:
         """Input statistics of ``pcn_samples`` training samples, summed over ranks."""
