@@ -156,6 +156,7 @@ def test_unsupported_layers_and_transforming_twice_are_refused():
         pcn.compress(small, stats)
     with pytest.raises(DrtError, match="include_first"):
         pcn.compress(model, stats, keep={"0": 1})
+    assert list(pcn.pcn_layers(pcn.compress(model, stats, keep={"*": 2}))) == ["4"]  # a glob skips layer 0
 
 
 def test_collect_streams_the_actual_inputs_in_eval_mode():

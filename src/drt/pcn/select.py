@@ -79,6 +79,8 @@ def plan_components(model: nn.Module, stats: PCNStats, keep: KeepArg = "all", *,
         for pat, rule in keep.items():
             hits = select_layers(dict.fromkeys([*names, *first]), [pat], modules, "keep")
             bad = [h for h in hits if h in first and (not include_first or h not in names)]
+            if bad and pat not in bad:  # a pattern that also matches the input layer: skip that layer
+                hits, bad = [h for h in hits if h not in bad], []
             if bad:
                 raise DrtError(f"keep names layer {bad[0]!r}, which reads the network input; pass "
                                "include_first=True (and collect(..., exclude_first=False)) to transform it")
