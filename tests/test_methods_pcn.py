@@ -139,6 +139,15 @@ def test_layer_rules_are_checked_before_training(digits, options, message):
     assert epochs == []
 
 
+def test_output_transform_on_an_unsupported_graph_fails_before_training(digits):
+    torch.manual_seed(0)
+    model = create("resnet20", digits.input_shape, digits.num_classes, width=4, shortcut="pad")
+    epochs = []
+    with pytest.raises(DrtError, match="--pcn-output cannot narrow the input channels of layer 'layer1.0.conv1'"):
+        train(model, digits, _cfg(epochs=3), PCN(PCNOptions(pcn_output=True)), device=CPU, on_epoch=epochs.append)
+    assert epochs == []
+
+
 def test_transform_epoch_must_precede_the_end(digits):
     with pytest.raises(DrtError, match="before the last epoch"):
         train(_model(digits), digits, _cfg(epochs=2), PCN(PCNOptions(pcn_epoch="2")), device=CPU)

@@ -24,7 +24,17 @@ from torch import nn
 from drt.errors import DrtError
 from drt.methods.base import METHODS, Method, TrainState
 from drt.options import opt
-from drt.pcn import PCNStats, collect, compress, pcn_layers, pcn_spec, plan_components, rebuild, subspace_overlaps
+from drt.pcn import (
+    PCNStats,
+    channel_spaces,
+    collect,
+    compress,
+    pcn_layers,
+    pcn_spec,
+    plan_components,
+    rebuild,
+    subspace_overlaps,
+)
 from drt.pcn.stats import eligible_layers, select_layers
 
 
@@ -63,6 +73,19 @@ def check_layer_rules(model: nn.Module, keep: Any, exclude: Iterable[str]) -> No
             d = m.in_features if isinstance(m, nn.Linear) else m.in_channels
             if isinstance(rule, int) and rule > d:
                 raise DrtError(f"pcn keep {rule} for layer {name!r} exceeds its input width {d}")
+
+
+def check_output_graph(model: nn.Module, input_shape: tuple[int, ...], keep: Any, exclude: Iterable[str]) -> None:
+    """DrtError now if the output transform would refuse a channel space read by a layer it may transform."""
+    eligible, _ = eligible_layers(model)
+    candidates = set(eligible) - set(select_layers(eligible, list(exclude), eligible)) if exclude else set(eligible)
+    if isinstance(keep, dict):
+        candidates &= {n for pat in keep for n in select_layers(eligible, [pat], eligible)}
+    for sp in channel_spaces(model, tuple(input_shape)):
+        readers = [n for n, _ in sp.readers if n in candidates]
+        if readers and sp.blocked and "are the network input" not in sp.blocked:  # first layers: never PCN
+            raise DrtError(f"--pcn-output cannot narrow the input channels of layer {readers[0]!r}: they "
+                           f"{sp.blocked[0]}; train without --pcn-output (or name layers in drt.pcn.compress)")
 
 
 def rank_share(batches: Iterable[Any], total: int) -> Iterator[Any]:
@@ -156,6 +179,8 @@ class PCN(Method):
         if o.pcn_epoch == "auto" and o.pcn_auto_latest is not None and o.pcn_auto_latest >= state.epochs:
             raise DrtError(f"pcn_auto_latest {o.pcn_auto_latest} must be before the last epoch ({state.epochs})")
         check_layer_rules(state.model, parse_keep(o.pcn_keep), o.pcn_exclude)  # now, not after E epochs
+        if o.pcn_output:
+            check_output_graph(state.model, state.input_shape, parse_keep(o.pcn_keep), o.pcn_exclude)
         world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
         if world > 1:  # every rank must see samples, or one fails alone while the others wait in all-reduce
             per_rank = len(next(iter(state.batches()))[0])
