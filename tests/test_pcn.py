@@ -409,3 +409,20 @@ def test_compressed_and_rebuilt_models_do_not_inherit_the_originals_hooks():
     assert seen == []
     model(_x(4, 6))
     assert len(seen) == 5  # the original keeps its own
+
+
+class ChannelMean(nn.Module):
+    """Averages over the channels of a map whose channel count equals its height (shape looks unchanged)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.c = nn.Conv2d(2, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1), nn.Linear(16, 3)
+
+    def forward(self, x):
+        return self.c(torch.relu(self.b(torch.relu(self.a(x)))).mean(1).flatten(1))
+
+
+def test_a_channel_reduction_is_not_mistaken_for_a_spatial_one():
+    model = ChannelMean().double()
+    spaces = {sp.readers[0][0]: sp for sp in pcn.channel_spaces(model, (2, 4, 4)) if sp.readers}
+    assert spaces["c"].blocked  # b's channels are averaged away: c reads no channel space of b

@@ -187,11 +187,22 @@ def _kind(node: fx.Node, modules: Mapping[str, nn.Module], shape: tuple[int, ...
     if target in _JOIN:
         ins = [_shape(a) for a in node.all_input_nodes if _shape(a) is not None]
         return "join" if all(s == shape for s in ins) else desc + " with broadcasting"
-    if src is not None and target in _REDUCE and len(src) >= 3 and shape[:2] == src[:2]:
+    if src is not None and target in _REDUCE and len(src) >= 3 and shape[:2] == src[:2] \
+            and _spatial_only(node, len(src)):
         return "pass"
     if src is not None and target in _RESHAPE and len(src) >= 2 and len(shape) == 2 and shape[0] == src[0]:
         return "pass" if shape == src else "flatten"
     return desc
+
+
+def _spatial_only(node: fx.Node, rank: int) -> bool:
+    """Whether a mean/sum/amax node reduces only dims >= 2 (not the batch or the channels)."""
+    args = node.args[1:]  # torch.mean(x, dim) and x.mean(dim) alike
+    dim = node.kwargs.get("dim", args[0] if args else None)
+    if dim is None or not isinstance(dim, int | list | tuple):
+        return False  # all dims, or something we cannot read
+    dims = [dim] if isinstance(dim, int) else list(dim)
+    return all(isinstance(d, int) and d % rank >= 2 for d in dims)
 
 
 def _merge(info: Mapping[fx.Node, Space], find: Any) -> list[Space]:
