@@ -48,3 +48,19 @@ def interleaved_medians(calls: Mapping[str, Callable[[], object]], steps: int, w
             if i >= warmup:
                 times[n].append(time.perf_counter() - t)
     return {n: statistics.median(t) for n, t in times.items()}
+
+
+def train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor) -> None:
+    """One plain SGD step in train mode (what the side-by-side timings compare)."""
+    model.train()
+    loss = torch.nn.functional.cross_entropy(model(x), y)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+
+
+@torch.no_grad()
+def forward(model: torch.nn.Module, x: torch.Tensor) -> None:
+    """One eval-mode forward pass (inference latency)."""
+    model.eval()
+    model(x)

@@ -18,8 +18,7 @@ import sys
 from functools import partial
 
 import torch
-import torch.nn.functional as F
-from common import data_root, interleaved_medians, write_result
+from common import data_root, forward, interleaved_medians, train_step, write_result
 
 import drt.pcn
 from drt.analysis.cost import forward_flops, param_counts
@@ -27,20 +26,6 @@ from drt.data import load
 from drt.models import create
 
 REFERENCE = {**{f"conv{i}": 64 for i in (8, 9, 10)}, **{f"conv{i}": 32 for i in (11, 12, 13)}}
-
-
-def train_step(model, opt, x, y) -> None:
-    model.train()
-    loss = F.cross_entropy(model(x), y)
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    opt.step()
-
-
-@torch.no_grad()
-def forward(model, x) -> None:
-    model.eval()
-    model(x)
 
 
 def main() -> None:

@@ -16,28 +16,13 @@ from functools import partial
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from common import RESULTS, data_root, interleaved_medians, write_result
+from common import RESULTS, data_root, forward, interleaved_medians, train_step, write_result
 from suites import SETTINGS, selects
 
 from drt.analysis.cost import forward_flops, param_counts
 from drt.experiments.loading import load_run_model
 from drt.experiments.report import budget_label
 from drt.experiments.store import Store
-
-
-def train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor) -> None:
-    model.train()
-    loss = F.cross_entropy(model(x), y)
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    opt.step()
-
-
-@torch.no_grad()
-def forward(model: torch.nn.Module, x: torch.Tensor) -> None:
-    model.eval()
-    model(x)
 
 
 def selected_runs(setting: str, seed: int) -> list[dict[str, Any]]:
