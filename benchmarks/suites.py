@@ -10,6 +10,9 @@ from typing import Any
 
 CIFAR = {"dataset": "cifar10", "batch_size": 128, "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4,
          "schedule": "cosine"}
+# Test-set evaluation every 4 epochs (and at the end): a 10k-image test pass costs a third of a 10k-image
+# training epoch; not part of a run's identity, so finished runs still count
+SUBSET_EVAL = {"eval_every": 4}
 FMNIST = {"dataset": "fashion-mnist", "model": "lenet5", "epochs": 15, "batch_size": 128, "lr": 0.05,
           "weight_decay": 5e-4, "schedule": "cosine"}
 SPARSE_METHODS: list[dict[str, Any]] = [
@@ -38,23 +41,23 @@ SUITES: dict[str, list[dict[str, Any]]] = {
     "pcn-vgg11": _grid({**CIFAR, "model": "vgg11", "epochs": 15, "lr": 0.05}, [{"method": "dense"}, PCN_VGG], (0,)),
     "pcn-resnet20": _grid({**CIFAR, "model": "resnet20", "epochs": 15},
                           [{"method": "dense"}, {"method": "pcn", "pcn_epoch": "2", "pcn_keep": "0.99"}], (0,)),
-    "pcn-resnet20w64": _grid({**CIFAR, "model": "resnet20", "width": 64, "epochs": 5, "subset": 10000},
+    "pcn-resnet20w64": _grid({**CIFAR, "model": "resnet20", "width": 64, "epochs": 5, "subset": 10000, "eval_every": 5},
                              [{"method": "dense"}, {"method": "pcn", "pcn_epoch": "1", "pcn_keep": "0.99"}], (0,)),
     "pcn-fmnist": _grid(FMNIST, [{"method": "dense"}, {"method": "pcn", "pcn_epoch": "2", "pcn_keep": "0.99"},
                                  {"method": "pcn", "pcn_epoch": "2", "pcn_keep": "0.99", "pcn_output": True}],
                         (0, 1)),
     # issue 4: every sparse family at 90% and 98%
-    "sparse-cifar": _sparse({**CIFAR, "model": "resnet20", "epochs": 8, "subset": 10000}, (0, 1)),
+    "sparse-cifar": _sparse({**CIFAR, **SUBSET_EVAL, "model": "resnet20", "epochs": 8, "subset": 10000}, (0, 1)),
     "sparse-fmnist": _sparse(FMNIST, (0, 1)),
-    "sparse-own-settings": _grid({**CIFAR, "model": "resnet20", "epochs": 8, "subset": 10000},
+    "sparse-own-settings": _grid({**CIFAR, **SUBSET_EVAL, "model": "resnet20", "epochs": 8, "subset": 10000},
                                  [{"method": "earlybird", "eb_ratio": 0.5}, {"method": "bn-only"}], (0, 1)),
     # issue 5: the CKA-SR reference experiment at a CPU budget
-    "cka-sr": _grid({**CIFAR, "model": "resnet20", "epochs": 10, "subset": 20000, "method": "random",
+    "cka-sr": _grid({**CIFAR, "model": "resnet20", "epochs": 10, "subset": 20000, "method": "random", "eval_every": 5,
                      "distribution": "erk"},
                     [{"sparsity": s, **r} for s in (0.9, 0.95)
                      for r in ({}, {"reg": "cka-sr", "cka_beta": 1e-4})], (0, 1, 2)),
     # PCN in the sparse-cifar setting, so that one table compares it with every sparse method and the peers
-    "pcn-cifar-subset": _grid({**CIFAR, "model": "resnet20", "epochs": 8, "subset": 10000},
+    "pcn-cifar-subset": _grid({**CIFAR, **SUBSET_EVAL, "model": "resnet20", "epochs": 8, "subset": 10000},
                               [{"method": "pcn", "pcn_epoch": "2", "pcn_keep": "0.99"},
                                {"method": "pcn", "pcn_epoch": "2", "pcn_keep": "0.99", "pcn_output": True}], (0, 1)),
     # issue 6: small-dense and Torch-Pruning at PCN's trainable-parameter count, planned from the finished

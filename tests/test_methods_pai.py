@@ -92,7 +92,6 @@ def test_distributions_hit_the_target(digits, distribution):
     ({"method": "grasp", "grasp_per_class": 0}, "grasp_per_class >= 1"),
     ({"method": "synflow", "prune_rounds": 0}, "prune_rounds must be >= 1"),
     ({"method": "force", "prune_rounds": 0}, "prune_rounds must be >= 1"),
-    ({"method": "synflow", "score_batches": 2}, "do not apply to method 'synflow'"),
 ])
 def test_bad_options(values, message):
     with pytest.raises(DrtError, match=message):
@@ -102,6 +101,8 @@ def test_bad_options(values, message):
 def test_iterative_methods_need_global_distribution(digits):
     with pytest.raises(DrtError, match="global"):
         _fit(digits, "synflow", epochs=1, sparsity=0.5, distribution="erk", prune_rounds=2)
+    with pytest.raises(DrtError, match="synflow is data-free"):
+        _fit(digits, "synflow", epochs=1, sparsity=0.5, score_batches=2, prune_rounds=2)
     for method in ("synflow", "iter-snip", "force"):  # they would silently prune the layer anyway
         with pytest.raises(DrtError, match="--dense-first/--dense-last are not supported"):
             _fit(digits, method, epochs=1, sparsity=0.5, dense_first=True, prune_rounds=2)

@@ -115,3 +115,14 @@ def test_runner_records_run_and_skips_finished(results):
     (row,) = store.runs()
     assert row["status"] == "done" and row["env"]["torch"] == torch.__version__
     assert row["config"]["train"]["epochs"] == 2 and len(store.epochs(row["id"])) == 2
+
+
+def test_eval_every_skips_test_evaluation_between_and_is_not_part_of_the_identity(digits):
+    cfg = TrainConfig(epochs=4, batch_size=128, lr=0.05, eval_every=3)
+    out = train(_model(digits), digits, cfg, Dense(), device=torch.device("cpu"))
+    assert [("test_acc" in h) for h in out.history] == [False, False, True, True]  # every 3rd and the last
+    assert out.final["test_acc"] == out.history[-1]["test_acc"]
+    base = {"dataset": "digits", "epochs": 4}
+    assert make_config({**base, "eval_every": 3}).run_id() == make_config(base).run_id()
+    with pytest.raises(DrtError, match="eval_every must be a positive integer"):
+        make_config({**base, "eval_every": 0})

@@ -68,10 +68,12 @@ class RunConfig:
     def run_id(self) -> str:
         """Content hash of the resolved settings: the run's name in the store and on disk.
 
-        Where the data set was read from (``data_dir``/``data_root``) is not part of the identity.
+        Settings that do not change what is trained (``NOT_TRAINING``: where the data set was read
+        from, how often the test set is evaluated) are not part of the identity.
         """
         d = self.to_dict()
-        d["data"] = {k: v for k, v in d["data"].items() if k not in ("data_dir", "data_root")}
+        d["data"] = {k: v for k, v in d["data"].items() if k not in NOT_TRAINING}
+        d["train"] = {k: v for k, v in d["train"].items() if k not in NOT_TRAINING}
         blob = json.dumps(d, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -79,6 +81,8 @@ class RunConfig:
         parts = [self.model.model, self.data.dataset, self.method, *self.reg, f"seed{self.train.seed}"]
         return "/".join(parts)
 
+
+NOT_TRAINING = ("data_dir", "data_root", "eval_every")  # settings outside a run's identity
 
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
 TOP = {"method": "method (see `drt list methods`)", "reg": "regularisers to add, e.g. cka-sr"}

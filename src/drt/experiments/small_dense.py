@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from drt.errors import DrtError
-from drt.experiments.config import RunConfig, make_config
+from drt.experiments.config import NOT_TRAINING, RunConfig, make_config
 from drt.experiments.loading import config_from_dict, load_data
 from drt.methods.base import NoOptions
 from drt.models import create, model_options
@@ -123,8 +123,9 @@ def groups(runs: Sequence[dict[str, Any]], methods: Callable[[str], bool]) -> li
             continue
         c = json.loads(json.dumps(r["config"]))
         c["train"].pop("seed", None)
-        for k in ("data_dir", "data_root"):
-            c["data"].pop(k, None)
+        for section in ("data", "train"):
+            for k in NOT_TRAINING:
+                c[section].pop(k, None)
         out.setdefault(json.dumps(c, sort_keys=True), []).append(r)
     return list(out.values())
 

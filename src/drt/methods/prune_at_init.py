@@ -57,15 +57,6 @@ def _check_rounds(rounds: int | None) -> None:
 
 
 @dataclass(frozen=True)
-class SynFlowOptions(SparseOptions):
-    prune_rounds: int | None = opt(None, "iterative pruning rounds (SynFlow 100, Iter-SNIP/FORCE 60)")
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        _check_rounds(self.prune_rounds)
-
-
-@dataclass(frozen=True)
 class IterativeOptions(ScoredOptions):
     prune_rounds: int | None = opt(None, "iterative pruning rounds (SynFlow 100, Iter-SNIP/FORCE 60)")
 
@@ -134,13 +125,14 @@ class Iterative(SparseMethod):
 
 @METHODS.register("synflow", help="SynFlow: data-free iterative conservation scores, 100 rounds (Tanaka et al. 2020)")
 class SynFlow(Iterative):
-    Options = SynFlowOptions
     data_free = True
     rounds = 100
 
     def choose(self, state):
         self.check()
         o = self.options
+        if o.score_batches != 1:
+            raise DrtError("synflow is data-free (all-ones input); --score-batches does not apply")
         masks, info = synflow_prune(state.model, state.input_shape, o.sparsity, rounds=o.prune_rounds or self.rounds,
                                     guard=o.guard)
         return masks, info

@@ -26,9 +26,10 @@ class TrainConfig:
     seed: int = opt(0, "seed for initialisation, data order, augmentation and methods")
     amp: bool = opt(False, "mixed precision (bfloat16 autocast on CPU, float16 + grad scaling on CUDA)")
     eval_batch_size: int = opt(1000, "batch size for evaluation")
+    eval_every: int = opt(1, "evaluate every N epochs (and always after the last epoch of each training schedule)")
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "eval_batch_size"):
+        for name in ("epochs", "batch_size", "eval_batch_size", "eval_every"):
             if getattr(self, name) <= 0:
                 raise DrtError(f"{name} must be a positive integer, got {getattr(self, name)}")
         if not self.lr > 0 or not math.isfinite(self.lr):

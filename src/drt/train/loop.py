@@ -164,11 +164,13 @@ def train(
                                  "train_acc": correct / seen, "train_time": train_time,
                                  "step_time": train_time / len(loader), "images_per_s": seen / train_time}
         distributed.broadcast_(state.model, buffers_only=True)  # BN running stats: rank 0's everywhere
-        entry["test_loss"], entry["test_acc"] = evaluate(state.model, data.x_test, data.y_test,
-                                                         cfg.eval_batch_size, device, cfg.amp, sharded=True)
-        if data.x_val is not None:
-            entry["val_loss"], entry["val_acc"] = evaluate(state.model, data.x_val, data.y_val,
-                                                           cfg.eval_batch_size, device, cfg.amp, sharded=True)
+        done = epoch + 1
+        if done % cfg.eval_every == 0 or done % cfg.epochs == 0 or done == total_epochs:  # and every IMP round's end
+            entry["test_loss"], entry["test_acc"] = evaluate(state.model, data.x_test, data.y_test,
+                                                             cfg.eval_batch_size, device, cfg.amp, sharded=True)
+            if data.x_val is not None:
+                entry["val_loss"], entry["val_acc"] = evaluate(state.model, data.x_val, data.y_val,
+                                                               cfg.eval_batch_size, device, cfg.amp, sharded=True)
         drv.end_epoch(entry)
         entry.update(state.log)
         history.append(entry)
