@@ -16,22 +16,38 @@ from common import RESULTS, ROOT
 from drt.experiments.report import COLUMNS, group_runs, table_rows
 from drt.experiments.store import Store
 
-SUITE_NOTES = {
-    "pcn": "`python benchmarks/run_suite.py pcn-vgg11 pcn-resnet20 pcn-resnet20w64 pcn-fmnist`",
-    "sparse": "`python benchmarks/run_suite.py sparse-cifar sparse-fmnist sparse-own-settings`",
-    "cka": "`python benchmarks/run_suite.py cka-sr`",
-}
+
+def suite_of_runs() -> dict[str, str]:
+    """Run id -> the suite that plans it (the command that reproduces its row)."""
+    from run_suite import configs
+    from suites import SUITES
+
+    return {c.run_id(): name for name in SUITES for c in configs(name)}
+
+
+def provenance(runs: list[dict], suites: dict[str, str]) -> str:
+    """Seeds, hardware, torch and the command behind a table's runs."""
+    names = sorted({suites[r["id"]] for r in runs if r["id"] in suites})
+    envs = {(r["env"].get("cpu"), r["env"].get("cpu_count"), r["env"].get("torch"), r["env"].get("torch_threads"))
+            for r in runs if r.get("env")}
+    hw = "; ".join(f"{cpu} ({cores} cores, {threads} thread(s) per run), torch {torch}"
+                   for cpu, cores, torch, threads in sorted(envs, key=str))
+    seeds = ",".join(str(s) for s in sorted({r["seed"] for r in runs}))
+    cmd = f"`python benchmarks/run_suite.py {' '.join(names)}`" if names else "runs outside the suites"
+    return f"Reproduce: {cmd} (seeds {seeds}); measured on {hw}."
 
 
 def accuracy_tables(store: Store) -> list[str]:
     """One table per model, data set, training subset and length: mean ± std over seeds (drt report's rows)."""
-    out = []
+    out, suites = [], suite_of_runs()
     for group in group_runs(store.runs("done"), by=("dataset", "model", "subset", "epochs")):
         k = group.key
         title = f"{k['model']} on {k['dataset']}, " + (f"{k['subset']} training images" if k["subset"]
                                                          else "full training set") + f", {k['epochs']} epochs"
         common = ", ".join(f"{a}={b}" for a, b in group.common.items())
-        out += [f"### {title}", "", *([f"Shared settings: {common}", ""] if common else []),
+        runs = [r for row in group.rows for r in row.runs]
+        out += [f"### {title}", "", provenance(runs, suites), "",
+                *([f"Shared settings: {common}", ""] if common else []),
                 "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS),
                 *("| " + " | ".join(r) + " |" for r in table_rows(group)), ""]
     return out
@@ -69,7 +85,9 @@ def main() -> None:
              *[line for p in sorted(RESULTS.glob("speed-*.json")) for line in
                [f"### {p.stem.removeprefix('speed-')}", "", *json_table(p.stem)]],
              "## Accuracy (results store)", "",
-             "Suites: " + "; ".join(f"{k}: {v}" for k, v in SUITE_NOTES.items()), ""]
+             "Final-epoch test accuracy, mean ± std over seeds; per table the suite that reproduces it "
+             "(`benchmarks/suites.py`; finished runs are skipped, so a suite also continues where it stopped).",
+             ""]
     db = RESULTS / "drt.sqlite"
     lines += accuracy_tables(Store(db)) if db.exists() else ["*(no runs yet)*"]
     (ROOT.parent / "BENCHMARKS.md").write_text("\n".join(lines) + "\n")
