@@ -33,7 +33,7 @@ def provenance(runs: list[dict], suites: dict[str, str]) -> str:
     hw = "; ".join(f"{cpu} ({cores} cores, {threads} thread(s) per run), torch {torch}"
                    for cpu, cores, torch, threads in sorted(envs, key=str))
     seeds = ",".join(str(s) for s in sorted({r["seed"] for r in runs}))
-    cmd = f"`python benchmarks/run_suite.py {' '.join(names)}`" if names else "runs outside the suites"
+    cmd = f"`python benchmarks/run_suite.py {' '.join(names)}`" if names else "`python benchmarks/throughput.py`"
     return f"Reproduce: {cmd} (seeds {seeds}); measured on {hw}."
 
 
