@@ -56,10 +56,12 @@ SUITES: dict[str, list[dict[str, Any]]] = {
                      "distribution": "erk"},
                     [{"sparsity": s, **r} for s in (0.9, 0.95)
                      for r in ({}, {"reg": "cka-sr", "cka_beta": 1e-4})], (0, 1, 2)),
-    # PCN in the sparse-cifar setting, so that one table compares it with every sparse method and the peers
+    # PCN in the sparse-cifar setting, so that one table compares it with every sparse method and the peers;
+    # at most half the trainable parameters (budget 0.5), so that the peers are compared at a real compression
     "pcn-cifar-subset": _grid({**CIFAR, **SUBSET_EVAL, "model": "resnet20", "epochs": 8, "subset": 10000},
-                              [{"method": "pcn", "pcn_epoch": "2", "pcn_keep": "0.99"},
-                               {"method": "pcn", "pcn_epoch": "2", "pcn_keep": "0.99", "pcn_output": True}], (0, 1)),
+                              [{"method": "pcn", "pcn_epoch": "2", "pcn_keep": "0.99", "pcn_budget": 0.5},
+                               {"method": "pcn", "pcn_epoch": "2", "pcn_keep": "0.99", "pcn_budget": 0.5,
+                                "pcn_output": True}], (0, 1)),
     # issue 6: small-dense and Torch-Pruning at PCN's trainable-parameter count, planned from the finished
     # PCN runs that match PEERS_OF[suite] (run_suite.py)
     "peers-fmnist": [],
