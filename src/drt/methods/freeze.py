@@ -35,6 +35,7 @@ from drt.methods.sparse_base import check_ranks_agree, rank_mean_, score_batches
 from drt.models import create
 from drt.options import opt
 from drt.sparse import MaskSet, check_sparsity, global_topk, prunable, snip_scores, zero_state_
+from drt.sparse.masks import pack
 
 FREEZENET_FORMAT = "drt-freezenet-v1"
 
@@ -170,13 +171,7 @@ class FreezeNet(FreezeMethod):
             if not torch.equal(state[n].cpu()[~t.cpu()], theta0[n][~t.cpu()]):
                 raise DrtError(f"frozen weights of {n} differ from create({name!r}) with seed {spec['seed']}; "
                                "export needs the model, options and seed used for training")
-        trained, dense = {}, {}
-        for n, t in state.items():
-            if n in frozen:
-                idx = torch.nonzero(frozen[n].reshape(-1).cpu()).reshape(-1).to(torch.int32)
-                trained[n] = {"index": idx, "value": t.detach().reshape(-1).cpu()[idx.long()].clone()}
-            else:
-                dense[n] = t.detach().cpu().clone()
+        dense, trained = pack(state, frozen)  # frozen_masks: True = trained
         return {"format": FREEZENET_FORMAT, "spec": spec, "trained": trained, "dense": dense}
 
     def state_dict(self) -> dict[str, Any]:

@@ -239,17 +239,7 @@ class MaskSet(Mapping[str, Tensor]):
         Only tensors, ints, tuples and strings, so ``torch.load(weights_only=True)`` reads it.
         """
         self._params(model)
-        dense: dict[str, Tensor] = {}
-        sparse: dict[str, dict[str, Any]] = {}
-        for n, t in model.state_dict().items():
-            if n in self:
-                flat = t.detach().reshape(-1)
-                idx = torch.nonzero(self[n].reshape(-1).to(flat.device)).reshape(-1)
-                idx_dtype = torch.int32 if flat.numel() < 2**31 else torch.int64
-                sparse[n] = {"shape": tuple(t.shape), "index": idx.to(idx_dtype).cpu(),
-                             "value": flat[idx].cpu().clone()}
-            else:
-                dense[n] = t.detach().cpu().clone()
+        dense, sparse = pack(model.state_dict(), self)
         return {"format": COMPACT_FORMAT, "dense": dense, "sparse": sparse}
 
     @classmethod
@@ -278,3 +268,20 @@ class MaskSet(Mapping[str, Tensor]):
             raise DrtError(f"compact model does not fit this architecture: {first}") from err
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
         return cls(masks).to(device)
+
+
+def pack(state: Mapping[str, Tensor],
+         keep: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, dict[str, Any]]]:
+    """(dense copies of the tensors not in ``keep``, {name: shape, flat index and value of the entries
+    ``keep[name]`` marks}) — on the CPU, readable by ``torch.load(weights_only=True)``."""
+    dense: dict[str, Tensor] = {}
+    sparse: dict[str, dict[str, Any]] = {}
+    for n, t in state.items():
+        if n in keep:
+            flat = t.detach().reshape(-1)
+            idx = torch.nonzero(keep[n].reshape(-1).to(flat.device)).reshape(-1)
+            idx_dtype = torch.int32 if flat.numel() < 2**31 else torch.int64
+            sparse[n] = {"shape": tuple(t.shape), "index": idx.to(idx_dtype).cpu(), "value": flat[idx].cpu().clone()}
+        else:
+            dense[n] = t.detach().cpu().clone()
+    return dense, sparse
