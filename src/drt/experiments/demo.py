@@ -6,8 +6,9 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from drt.experiments.config import make_config
+from drt.experiments.config import RunConfig, make_config
 from drt.experiments.runner import run
+from drt.experiments.small_dense import small_dense_config
 from drt.experiments.table import format_table
 
 BASE = {"dataset": "mnist5k", "model": "lenet5", "epochs": 10, "batch_size": 64, "lr": 0.05, "weight_decay": 5e-4}
@@ -29,16 +30,22 @@ def demo(results_dir: str | Path = "results", *, device: str = "auto", epochs: i
     """Train every demo configuration over the seeds; print them ranked by mean test accuracy."""
     results_dir = Path(results_dir) / "demo"
     rows = []
+    total = len(DEMO_RUNS) + 1
+
+    def train_seeds(configs: list[RunConfig], label: str) -> list[dict[str, Any]]:
+        print(f"[{len(rows) + 1}/{total}] {label}", flush=True)
+        runs = [run(c, results_dir, device=device, progress=progress, log=lambda *_: None) for c in configs]
+        rows.append(seed_summary(label, runs))
+        return runs
+
     for spec in DEMO_RUNS:
-        runs = []
-        for seed in SEEDS:
-            values = {**BASE, **spec, "seed": seed}
-            if epochs is not None:
-                values["epochs"] = epochs
-            cfg = make_config(values)
-            print(f"[{len(rows) + 1}/{len(DEMO_RUNS)}] {cfg.label()}", flush=True)
-            runs.append(run(cfg, results_dir, device=device, progress=progress, log=lambda *_: None))
-        rows.append(seed_summary(cfg.label().rsplit("/", 1)[0], runs))
+        configs = [make_config({**BASE, **spec, "seed": seed, **({"epochs": epochs} if epochs else {})})
+                   for seed in SEEDS]
+        runs = train_seeds(configs, configs[0].label().rsplit("/", 1)[0])
+        if spec["method"] == "pcn":  # the baseline every compressed result needs: a narrower dense net
+            target = statistics.mean(m["params_trainable"] for m in runs)
+            small = [small_dense_config(c, target) for c in configs]
+            train_seeds(small, f"lenet5/mnist5k/small-dense (width {small[0].model.width}, as PCN)")
     rows.sort(key=lambda r: -float(r["test acc %"].split()[0]))
     print()
     print(f"drt demo: lenet5 on mnist5k (4000 train / 1000 held-out test), seeds {', '.join(map(str, SEEDS))}: "
