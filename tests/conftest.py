@@ -5,7 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
+# isort: off
+import drt  # noqa: F401  (before torch: sets OMP_WAIT_POLICY, so a busy machine does not stall the suite)
 import torch
+# isort: on
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
