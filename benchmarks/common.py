@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import statistics
@@ -64,3 +65,14 @@ def forward(model: torch.nn.Module, x: torch.Tensor) -> None:
     """One eval-mode forward pass (inference latency)."""
     model.eval()
     model(x)
+
+
+def step_and_forward_medians(models: Mapping[str, torch.nn.Module], x: torch.Tensor, y: torch.Tensor,
+                             steps: int) -> dict[tuple[str, str], float]:
+    """Median seconds of one SGD step and one eval forward per model, all timed round-robin."""
+    calls: dict[tuple[str, str], Callable[[], object]] = {}
+    for n, m in models.items():
+        opt = torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+        calls[(n, "step")] = functools.partial(train_step, m, opt, x, y)
+        calls[(n, "forward")] = functools.partial(forward, m, x)
+    return interleaved_medians(calls, steps)  # type: ignore[arg-type]

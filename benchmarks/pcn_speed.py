@@ -15,10 +15,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from functools import partial
 
 import torch
-from common import data_root, forward, interleaved_medians, train_step, write_result
+from common import data_root, step_and_forward_medians, write_result
 
 import drt.pcn
 from drt.analysis.cost import forward_flops, param_counts
@@ -42,12 +41,7 @@ def main() -> None:
               "reference": drt.pcn.compress(dense, stats, keep=REFERENCE),
               "reference+output": drt.pcn.compress(dense, stats, keep=REFERENCE, output=True)}
     x, y = data.x_train[:args.batch_size], data.y_train[:args.batch_size]
-    opts = {n: torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4) for n, m in models.items()}
-    calls = {}
-    for n, m in models.items():
-        calls[(n, "step")] = partial(train_step, m, opts[n], x, y)
-        calls[(n, "forward")] = partial(forward, m, x)
-    times = interleaved_medians(calls, args.steps)
+    times = step_and_forward_medians(models, x, y, args.steps)
     base_step, base_fwd = times[("dense", "step")], times[("dense", "forward")]
     base_flops = forward_flops(dense, (3, 32, 32))
     rows = []

@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from functools import partial
 from typing import Any
 
-import torch
-from common import RESULTS, data_root, forward, interleaved_medians, train_step, write_result
+from common import RESULTS, data_root, step_and_forward_medians, write_result
 from suites import SETTINGS, selects
 
 from drt.analysis.cost import forward_flops, param_counts
@@ -58,12 +56,7 @@ def main() -> None:
                      "mflops": round(forward_flops(model, shape) / 1e6, 3),
                      "test_acc": round(100 * r["metrics"]["test_acc"], 2)})
     x, y = data.x_train[:args.batch_size], data.y_train[:args.batch_size]
-    opts = {n: torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4) for n, m in models.items()}
-    calls = {}
-    for n, m in models.items():
-        calls[(n, "step")] = partial(train_step, m, opts[n], x, y)
-        calls[(n, "forward")] = partial(forward, m, x)
-    times = interleaved_medians(calls, args.steps)
+    times = step_and_forward_medians(models, x, y, args.steps)
     dense = next((n for n in models if n.startswith("dense ")), None)
     for row in rows:
         step, fwd = times[(row["model"], "step")], times[(row["model"], "forward")]
