@@ -48,6 +48,12 @@ def test_transform_after_epoch_keeps_schedule_and_freezes_basis(digits):
         assert torch.equal(m.basis, other.basis) and torch.equal(m.mu, other.mu), name
         assert not torch.equal(m.weight, other.weight), name  # while W' did train
     assert out.final["pcn_epoch"] == 2
+    # costs: the transformed model's step time; the statistics pass and surgery counted as method time
+    assert [bool(h.get("rebuilt")) for h in out.history] == [False, True, False, False]
+    assert out.final["step_time"] == pytest.approx(sum(h["step_time"] for h in out.history[2:]) / 2)
+    assert out.history[1]["method_time"] > 0 and out.final["method_time"] >= out.history[1]["method_time"]
+    steps = sum(h["train_time"] for h in out.history)
+    assert out.final["train_time"] == pytest.approx(steps + out.final["method_time"])
 
 
 class Stop(Exception):

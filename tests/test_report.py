@@ -84,6 +84,14 @@ def test_groups_never_mix_datasets_and_rows_are_mean_std_over_seeds(results):
     assert accs_sorted == sorted(accs_sorted, reverse=True) and [r.number for r in digits.rows] == [1, 2, 3]
 
 
+def test_runs_on_several_processes_get_their_own_row(results):
+    _, runs = finished_runs(results, parse_filters(["method=dense", "dataset=digits"]))
+    ddp = {**runs[0], "id": "f" * 16, "env": {**runs[0]["env"], "world_size": 2}}  # another global batch
+    (group,) = group_runs([*runs, ddp])
+    assert sorted(row.label for row in group.rows) == ["dense", "dense processes=2"]
+    assert [len(row.runs) for row in group.rows if row.label == "dense"] == [2]
+
+
 def test_filters(results):
     assert {r["method"] for r in finished_runs(results, parse_filters(["method=snip"]))[1]} == {"snip"}
     _, runs = finished_runs(results, parse_filters(["dataset=digits", "sparsity=0.9", "sparsity=0.98"]))

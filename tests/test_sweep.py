@@ -82,6 +82,11 @@ def test_claiming_a_new_run_is_exclusive_and_a_dead_claim_is_taken_over(tmp_path
     assert store.claim("abc", "", {}) is None
     store.release("abc")  # ours now and never started: gone
     assert store.status("abc") is None
+    cfg = {"model": {"model": "mlp"}, "data": {"dataset": "digits"}, "train": {"seed": 0}, "method": "dense"}
+    store.start("abc", "", cfg, {})
+    store.finish("abc", {"test_acc": 0.5})  # finished by another process between a check and a claim
+    assert store.claim("abc", "", {}) == "done" and store.status("abc") == "done"
+    assert store.claim("abc", "", {}, redo=True) is None  # --force
 
 
 def test_cli_run_that_cannot_start_leaves_no_placeholder(tmp_path, capsys):

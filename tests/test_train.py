@@ -115,6 +115,10 @@ def test_runner_records_run_and_skips_finished(results):
     (row,) = store.runs()
     assert row["status"] == "done" and row["env"]["torch"] == torch.__version__
     assert row["config"]["train"]["epochs"] == 2 and len(store.epochs(row["id"])) == 2
+    # --force --resume on a finished run trains it again (its final checkpoint is not "resumed")
+    old = [e["train_time"] for e in store.epochs(row["id"])]
+    third = run(cfg, results, force=True, resume=True, log=lambda *_: None)
+    assert not third["skipped"] and [e["train_time"] for e in store.epochs(row["id"])] != old
 
 
 def test_eval_every_skips_test_evaluation_between_and_is_not_part_of_the_identity(digits):

@@ -119,7 +119,9 @@ def effective_flops(
 
 
 def peak_memory_mb(device: torch.device) -> float:
-    """Peak memory: CUDA allocator peak on GPU, else this process's peak resident set size."""
+    """Peak memory: CUDA allocator peak since the run started on GPU, else this process's peak
+    resident set size (a process-lifetime figure: a later run of one process reports at least the
+    peaks of earlier ones)."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

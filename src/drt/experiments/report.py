@@ -135,10 +135,17 @@ class Group:
         return re.sub(r"[^a-z0-9]+", "-", "-".join(show(v) for v in self.key.values()).lower()).strip("-")
 
 
+def run_settings(run: dict[str, Any]) -> dict[str, Any]:
+    """A stored run's flat settings, with ``processes`` when it trained on several (another global batch)."""
+    flat = flat_settings(run["config"])
+    world = (run.get("env") or {}).get("world_size", 1)
+    return {**flat, "processes": world} if world != 1 else flat
+
+
 def group_runs(runs: list[dict[str, Any]], by: tuple[str, ...] = GROUP_BY) -> list[Group]:
     """Finished runs grouped by ``by`` (always including the data set), rows by every other setting but seed."""
     by = ("dataset", *(k for k in by if k != "dataset"))
-    flats = {r["id"]: flat_settings(r["config"]) for r in runs}
+    flats = {r["id"]: run_settings(r) for r in runs}
     groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in runs:
         groups[json.dumps([flats[r["id"]].get(k) for k in by])].append(r)

@@ -53,10 +53,13 @@ def run(cfg: RunConfig, results_dir: str | Path = "results", *, device: str = "a
 
     def claim() -> dict[str, Any] | None:  # rank 0 only: the store
         store = Store(results_dir / STORE_NAME)
-        if store.status(run_id) == "done" and not force:
+        redo_done = force and store.status(run_id) == "done"
+        busy = store.claim(run_id, cfg.label(), cfg.to_dict(), redo=force)
+        if busy == "done":
             log(f"{cfg.label()}: already done (run {run_id}); use --force to re-run")
             return {**store.run(run_id)["metrics"], "run_id": run_id, "skipped": True}
-        busy = store.claim(run_id, cfg.label(), cfg.to_dict())
+        if redo_done:  # a finished run's last checkpoint would "resume" to the old result
+            ckpt.unlink(missing_ok=True)
         if busy:
             raise RunBusy(f"run {run_id} ({cfg.label()}) is being trained by process {busy}; wait for it or stop it")
         if resume and not ckpt.exists():

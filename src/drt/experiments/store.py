@@ -77,17 +77,21 @@ class Store:
             row = c.execute("SELECT status FROM runs WHERE id=?", (run_id,)).fetchone()
         return row["status"] if row else None
 
-    def claim(self, run_id: str, label: str = "", config: dict[str, Any] | None = None) -> str | None:
+    def claim(self, run_id: str, label: str = "", config: dict[str, Any] | None = None,
+              redo: bool = False) -> str | None:
         """Take the run for this process unless a live process on this host already runs it.
 
-        Returns the other owner (``host:pid``) if the run is busy, else None. Atomic across
-        processes (one write transaction): a run not yet in the store gets a ``running`` row owned
-        by this process (``start`` fills it in), so two processes never train the same run at once.
+        Returns the other owner (``host:pid``) if the run is busy, ``"done"`` if it has finished
+        (unless ``redo``), else None. Atomic across processes (one write transaction): a run not
+        yet in the store gets a ``running`` row owned by this process (``start`` fills it in), so
+        two processes never train the same run at once and a run finished meanwhile is not redone.
         """
         with self._conn() as c:
             c.execute("BEGIN IMMEDIATE")
             row = c.execute("SELECT status, owner FROM runs WHERE id=?", (run_id,)).fetchone()
             me = owner()
+            if row and row["status"] == "done" and not redo:
+                return "done"
             if row and row["status"] == "running" and row["owner"] and row["owner"] != me and alive(row["owner"]):
                 return row["owner"]
             if row:

@@ -107,12 +107,19 @@ def train(
     ckpt = Path(checkpoint) if checkpoint else None
     resuming = distributed.on_main(lambda: resume and ckpt is not None and ckpt.exists())
     distributed.broadcast_(model.to(device))  # one starting point on every rank, before masks are chosen
+    if len(loader) == 0:
+        raise DrtError(f"{len(data.x_train)} training samples make no full global batch of "
+                       f"{ranks.world_size} x {cfg.batch_size}; use a smaller --batch-size or fewer processes")
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    t_setup = time.perf_counter()
     drv = Driver(method, model, partial(make_optimizer, cfg), batches=lambda: iter(score_loader),
                  epochs=cfg.epochs, steps_per_epoch=len(loader), input_shape=tuple(data.input_shape),
                  num_classes=data.num_classes, regularisers=regularisers, weight_decay=cfg.weight_decay,
                  seed=cfg.seed, device=device, run_dir=ckpt.parent if ckpt and ranks.is_main else None,
                  setup=not resuming, wrap=distributed.wrapper(device))
     state = drv.state
+    setup_time = time.perf_counter() - t_setup  # pruning-at-init scoring, FreezeNet, ... (0 work on resume)
     total_epochs = method.total_epochs(cfg.epochs)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp and device.type == "cuda")
     history: list[dict[str, Any]] = []
@@ -122,6 +129,7 @@ def train(
         scaler.load_state_dict(payload["scaler"])
         torch.set_rng_state(payload["rng"])
         history = list(payload["history"])
+        setup_time = float(payload.get("setup_time", 0.0))
 
     while state.epoch < total_epochs:
         epoch = state.epoch
@@ -171,15 +179,21 @@ def train(
             if data.x_val is not None:
                 entry["val_loss"], entry["val_acc"] = evaluate(state.model, data.x_val, data.y_val,
                                                                cfg.eval_batch_size, device, cfg.amp, sharded=True)
-        drv.end_epoch(entry)
+        t1 = time.perf_counter()
+        if drv.end_epoch(entry):  # PCN statistics + transform, IMP pruning, Early-Bird, ...
+            entry["rebuilt"] = True  # a new architecture: later steps cost differently
+        entry["method_time"] = time.perf_counter() - t1
         entry.update(state.log)
         history.append(entry)
         if ckpt is not None and ranks.is_main:
             save_checkpoint(ckpt, {**drv.state_dict(), "scaler": scaler.state_dict(), "rng": torch.get_rng_state(),
-                                   "history": history})
+                                   "history": history, "setup_time": setup_time})
         if on_epoch is not None:
             on_epoch(entry)
-    return TrainResult(state.model, history, final_metrics(state, method, history, device))
+    final = final_metrics(state, method, history, device)
+    final["method_time"] = setup_time + sum(h.get("method_time", 0.0) for h in history)
+    final["train_time"] += final["method_time"]
+    return TrainResult(state.model, history, final)
 
 
 def final_metrics(state: TrainState, method: Method, history: list[dict[str, Any]],
@@ -191,7 +205,9 @@ def final_metrics(state: TrainState, method: Method, history: list[dict[str, Any
     out = {k: last[k] for k in ("test_acc", "test_loss", "train_loss", "train_acc", "val_acc") if k in last}
     out.update({f"params_{k}": v for k, v in counts.items()})
     out["flops"], out["flops_effective"] = flop_counts(state.model, state.input_shape, masks, device)
-    steady = history[1:] or history  # the first epoch includes warm-up
+    last_rebuild = max((i for i, h in enumerate(history) if h.get("rebuilt")), default=-1)
+    # the first epoch includes warm-up; after a PCN transform / channel prune only the new model counts
+    steady = history[last_rebuild + 1:] if 0 <= last_rebuild < len(history) - 1 else history[1:] or history
     out["step_time"] = sum(h["step_time"] for h in steady) / len(steady)
     out["images_per_s"] = sum(h["images_per_s"] for h in steady) / len(steady)
     out["train_time"] = sum(h["train_time"] for h in history)
