@@ -189,7 +189,7 @@ def test_bad_input_is_one_line_drt_error(finished, tmp_path):
     one_line_error(load_checkpoint_model, tmp_path / "x.pt", "mlp", "digits", match="no checkpoint")
     (tmp_path / "x.pt").write_bytes(b"")
     one_line_error(load_checkpoint_model, tmp_path / "x.pt", "mlp", "cifar10", data_dir=str(tmp_path / "none"),
-                   match="cifar10")
+                   match="corrupted or truncated")  # checked before any data is loaded
     one_line_error(track_spectra, make_config({**BASE, **RUNS["pcn"]}), tmp_path, match="trains the dense model")
     one_line_error(track_spectra, make_config({**BASE, **RUNS["mlp"]}), tmp_path, keeps=(1.5,), match="1.5")
     one_line_error(cli, "spectra", "--results-dir", str(results), "--model", "mlp", "--dataset", "digits",

@@ -72,6 +72,11 @@ BAD = {
     "wrong type": (["--epochs", "ten"], "must be an integer"),
     "bad choice": (["--optimizer", "rmsprop"], "invalid choice"),
     "unknown flag": (["--bogus", "1"], "unrecognized arguments"),
+    "negative gamma": (["--schedule", "multistep", "--gamma", "-1"], "gamma must be > 0"),
+    "milestone after the end": (["--milestones", "7,9"], "milestones must be increasing epochs in (0, epochs=1]"),
+    "a layer named twice": (["--method", "pcn", "--pcn-keep", "fc1=10,fc1=20"], "names 'fc1' twice"),
+    "output option without output": (["--method", "pcn", "--pcn-output-keep", "5"], "add pcn_output"),
+    "a regulariser twice": (["--reg", "cka-sr,cka-sr"], "names a regulariser twice"),
 }
 
 
@@ -118,9 +123,71 @@ def test_resume_from_corrupted_checkpoint(capsys, results):
     ckpt.write_bytes(ckpt.read_bytes()[:100])
     model = ckpt.parent / "model.pt"
     saved = model.read_bytes()
-    code, _, err = run_cli(capsys, *argv, "--resume", "--force")
+    from drt.experiments.store import Store
+
+    Store(results / "drt.sqlite").fail(ckpt.parent.name, "killed")  # an unfinished run to resume
+    code, _, err = run_cli(capsys, *argv, "--resume")
     assert code == 2 and "corrupted or truncated" in err and len(err.strip().splitlines()) == 1
     assert model.read_bytes() == saved  # earlier results intact
+    ckpt.write_bytes(b"\x80garbage")
+    code, _, err = run_cli(capsys, "analyze", "spectra", "--run", ckpt.parent.name, "--use-checkpoint",
+                           "--results-dir", str(results), "--out", str(results / "a"))
+    assert code == 2 and "corrupted" in err and len(err.strip().splitlines()) == 1, err
+
+
+def _one_line(code, err, message):
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and message in lines[0] and "Traceback" not in err, err
+
+
+def test_paths_that_are_not_what_they_should_be(capsys, finished, tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("mine")
+    _one_line(*run_cli(capsys, "train", *TINY, "--results-dir", str(afile))[::2], "cannot use results store")
+    _one_line(*run_cli(capsys, "report", "--results-dir", str(finished), "--out", str(afile))[::2], "exists")
+    _one_line(*run_cli(capsys, "list", "runs", "--results-dir", str(finished), "--output", str(tmp_path))[::2],
+              "Is a directory")
+    notdb = tmp_path / "notdb"
+    notdb.mkdir()
+    (notdb / "drt.sqlite").write_text("my notes")
+    for argv in (["train", *TINY], ["list", "runs"], ["report", "--out", str(tmp_path / "r")]):
+        _one_line(*run_cli(capsys, *argv, "--results-dir", str(notdb))[::2], "is not a usable drt results store")
+    assert (notdb / "drt.sqlite").read_text() == "my notes" and afile.read_text() == "mine"
+    binary = tmp_path / "bin.yaml"
+    binary.write_bytes(b"\xfe\xff\x00\x01")
+    _one_line(*run_cli(capsys, "train", "--config", str(binary))[::2], "is not UTF-8 text")
+    _one_line(*run_cli(capsys, "sweep", str(binary))[::2], "is not UTF-8 text")
+
+
+def test_report_replaces_its_own_images_only(capsys, finished, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "holiday.png").write_bytes(b"mine")
+    for _ in range(2):
+        assert run_cli(capsys, "report", "--results-dir", str(finished), "--out", str(out))[0] == 0
+    assert (out / "holiday.png").read_bytes() == b"mine" and len(list(out.glob("*.png"))) > 1
+
+
+def test_resume_with_another_models_checkpoint(capsys, results):
+    argv = ["train", *TINY, "--results-dir", str(results)]
+    assert run_cli(capsys, *argv)[0] == 0
+    (ckpt,) = (results / "runs").glob("*/checkpoint.pt")
+    other = ["train", *TINY, "--hidden", "8", "--results-dir", str(results)]
+    assert run_cli(capsys, *other)[0] == 0
+    (mine,) = set((results / "runs").glob("*/checkpoint.pt")) - {ckpt}
+    from drt.experiments.store import Store
+
+    Store(results / "drt.sqlite").fail(mine.parent.name, "killed")
+    mine.write_bytes(ckpt.read_bytes())
+    _one_line(*run_cli(capsys, *other, "--resume")[::2], "does not fit this run's model")
+
+
+def test_a_diverged_model_is_not_a_finished_run(capsys, results):
+    code, _, err = run_cli(capsys, "train", *TINY, "--subset", "200", "--lr", "1e6", "--results-dir", str(results))
+    _one_line(code, err, "diverged: test loss nan")
+    from drt.experiments.store import Store
+
+    assert [r["status"] for r in Store(results / "drt.sqlite").runs()] == ["failed"]
 
 
 def test_a_run_busy_in_another_live_process_is_not_trained_twice(results):

@@ -175,6 +175,10 @@ def main(argv: list[str] | None = None) -> int:
         rank = os.environ.get("RANK", "0")  # set by torchrun
         print(f"drt: error{f' (rank {rank})' if rank != '0' else ''}: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # an output path that is a file, a directory, or not writable
+        where = f": {e.filename}" if e.filename else ""
+        print(f"drt: error: {e.strerror or e}{where}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("drt: interrupted", file=sys.stderr)
         return 130

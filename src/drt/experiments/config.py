@@ -117,6 +117,8 @@ def make_config(values: dict[str, Any]) -> RunConfig:
     method_cls = METHODS.get(method)
     reg = values.get("reg", ())
     reg = tuple(r for r in (reg.replace(",", " ").split() if isinstance(reg, str) else reg) if r)
+    if len(set(reg)) < len(reg):
+        raise DrtError(f"reg {','.join(reg)} names a regulariser twice")
     reg_classes = [REGULARISERS.get(r) for r in reg]
     claimed = set(TOP).union(*(field_types(c) for c in SECTIONS.values()))
     plugin_opts = []
@@ -141,6 +143,8 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         raise DrtError(f"config file {path} not found")
     try:
         raw = yaml.safe_load(path.read_text()) or {}
+    except UnicodeDecodeError:
+        raise DrtError(f"config file {path} is not UTF-8 text") from None
     except yaml.YAMLError as e:
         raise DrtError(f"config file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
     if not isinstance(raw, dict):

@@ -39,7 +39,7 @@ def demo(results_dir: str | Path = "results", *, device: str = "auto", epochs: i
         return runs
 
     for spec in DEMO_RUNS:
-        configs = [make_config({**BASE, **spec, "seed": seed, **({"epochs": epochs} if epochs else {})})
+        configs = [make_config({**BASE, **spec, "seed": seed, **({"epochs": epochs} if epochs is not None else {})})
                    for seed in SEEDS]
         runs = train_seeds(configs, configs[0].label().rsplit("/", 1)[0])
         if spec["method"] == "pcn":  # the baseline every compressed result needs: a narrower dense net

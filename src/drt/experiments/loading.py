@@ -20,7 +20,7 @@ from drt.models import create
 from drt.options import build
 from drt.pcn import rebuild
 from drt.pcn.spec import FORMAT
-from drt.train.checkpoint import load_checkpoint
+from drt.train.checkpoint import load_checkpoint, load_file
 
 
 def results_dir_default() -> str:
@@ -99,7 +99,7 @@ def load_run_model(results_dir: str | Path, run: str, *, checkpoint: bool = Fals
     if not final.exists():
         raise DrtError(f"run {row['id']} ({row['status']}) has no final model at {final}; "
                        "analyse its last checkpoint instead (--use-checkpoint)")
-    return _load_state(model, torch.load(final, map_location="cpu", weights_only=True), final).eval(), cfg, data
+    return _load_state(model, load_file(final, "final model"), final).eval(), cfg, data
 
 
 def _find_spec(payload: dict[str, Any]) -> dict[str, Any] | None:
@@ -122,16 +122,11 @@ def load_checkpoint_model(path: str | Path, model_name: str, dataset: str, *,
     ``{"model": state, "spec": pcn_spec}``; a PCN spec found in it rebuilds the transformed layers.
     ``data``: DataConfig settings (data_dir, data_root, subset, val_size, image_size)."""
     path = Path(path)
-    if not path.is_file():
-        raise DrtError(f"no checkpoint at {path}")
+    payload = load_file(path)  # a missing or damaged file: a clear error before any data is loaded
     dcfg = build(DataConfig, {"dataset": dataset, **{k: v for k, v in data.items() if v is not None}}, "data")
     opts = {k: v for k, v in (model_options or {}).items() if v is not None}
     mcfg = build(ModelConfig, {"model": model_name, **opts}, "model")
     ds = load_data(dcfg)
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises many types for damaged or foreign files
-        raise DrtError(f"cannot read checkpoint {path} ({type(e).__name__}); expected a torch state dict") from None
     if not isinstance(payload, dict):
         raise DrtError(f"checkpoint {path} holds a {type(payload).__name__}, not a state dict")
     model = _fresh(mcfg, ds)

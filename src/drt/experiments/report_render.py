@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import datetime
 import html
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -143,9 +144,10 @@ def write_report(results_dir: str | Path, out_dir: str | Path,
     """Write ``report.html``, ``report.md`` and the PNGs into ``out_dir``; returns their paths and the run count."""
     content, n = blocks(results_dir, filters)
     out_dir = Path(out_dir)
-    if out_dir.exists():  # drop the PNGs of an earlier report so none are stale
-        for old in out_dir.glob("*.png"):
-            old.unlink()
+    earlier = out_dir / "report.md"
+    if earlier.is_file():  # drop the PNGs an earlier report wrote (and only those) so none are stale
+        for name in re.findall(r"^!\[[^\]]*\]\(([^()/\\]+\.png)\)$", earlier.read_text(encoding="utf-8"), re.M):
+            (out_dir / name).unlink(missing_ok=True)
     out_dir.mkdir(parents=True, exist_ok=True)
     for b in content:
         if isinstance(b, Image):

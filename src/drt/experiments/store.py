@@ -19,6 +19,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from drt.errors import DrtError
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     id TEXT PRIMARY KEY, label TEXT, status TEXT NOT NULL, model TEXT, dataset TEXT, method TEXT,
@@ -55,12 +57,18 @@ class Store:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._conn() as c:
-            c.execute("PRAGMA journal_mode=WAL")
-            c.executescript(SCHEMA)
-            if "owner" not in {r["name"] for r in c.execute("PRAGMA table_info(runs)")}:
-                c.execute("ALTER TABLE runs ADD COLUMN owner TEXT")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self._conn() as c:
+                c.execute("PRAGMA journal_mode=WAL")
+                c.executescript(SCHEMA)
+                if "owner" not in {r["name"] for r in c.execute("PRAGMA table_info(runs)")}:
+                    c.execute("ALTER TABLE runs ADD COLUMN owner TEXT")
+        except OSError as e:
+            raise DrtError(f"cannot use results store {self.path}: {e.strerror or e}") from None
+        except sqlite3.DatabaseError as e:  # left untouched: it may be somebody's file
+            raise DrtError(f"{self.path} is not a usable drt results store ({e}); "
+                           "move it away or choose another --results-dir") from None
 
     @contextmanager
     def _conn(self) -> Iterator[sqlite3.Connection]:

@@ -109,6 +109,8 @@ def load_sweep(path: str | Path) -> Sweep:
         raise DrtError(f"sweep file {path} not found")
     try:
         raw = yaml.safe_load(path.read_text())
+    except UnicodeDecodeError:
+        raise DrtError(f"sweep file {path} is not UTF-8 text") from None
     except yaml.YAMLError as e:
         raise DrtError(f"sweep file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
     settings, workers = plan(raw, path)

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from drt.errors import DrtError
 from drt.methods.base import Method, TrainState
 
 MakeOptimizer = Callable[[list[dict[str, Any]]], torch.optim.Optimizer]
@@ -131,9 +132,13 @@ class Driver:
     def load_state_dict(self, payload: dict[str, Any]) -> None:
         """Restore plug-ins (which may rebuild the architecture), weights, optimizer and counters."""
         s = self.state
-        for p, ps in zip(self.plugins, payload["plugins"], strict=True):
-            s.model = p.load_state_dict(ps, s.model).to(s.device)
-        s.model.load_state_dict(payload["model"])
-        self.rebuild()
-        s.optimizer.load_state_dict(payload["optimizer"])
+        try:
+            for p, ps in zip(self.plugins, payload["plugins"], strict=True):
+                s.model = p.load_state_dict(ps, s.model).to(s.device)
+            s.model.load_state_dict(payload["model"])
+            self.rebuild()
+            s.optimizer.load_state_dict(payload["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as e:  # another model's or method's checkpoint
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise DrtError(f"the checkpoint does not fit this run's model and method ({first[:160]})") from None
         s.epoch, s.step = payload["epoch"], payload["step"]

@@ -59,6 +59,10 @@ def parse_keep(text: str) -> Any:
         pairs = [p.split("=", 1) for p in text.split(",") if p.strip()]
         if any(len(p) != 2 for p in pairs):
             raise DrtError(f"pcn keep {text!r}: use name=rule pairs separated by commas")
+        names = [k.strip() for k, _ in pairs]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise DrtError(f"pcn keep {text!r} names {twice[0]!r} twice")
         return {k.strip(): checked(one(v)) for k, v in pairs}
     return checked(one(text))
 
@@ -145,6 +149,8 @@ class PCNOptions:
         ):
             if value is not None and not ok(value):
                 raise DrtError(f"{name} must be {want}, got {value}")
+        if not self.pcn_output and (self.pcn_output_keep is not None or self.pcn_eigen_weighted):
+            raise DrtError("pcn_output_keep and pcn_eigen_weighted set the output transform: add pcn_output")
 
     def compress_kwargs(self) -> dict[str, Any]:
         keep_out = self.pcn_output_keep

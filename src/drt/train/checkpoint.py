@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -30,17 +31,22 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
             os.close(fd)
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a checkpoint; a missing, truncated or corrupted file is a one-line ``DrtError``."""
+def load_file(path: str | Path, what: str = "checkpoint") -> Any:
+    """``torch.load`` without code execution; a missing, truncated or corrupted file is a one-line ``DrtError``."""
     path = Path(path)
     if not path.is_file():
-        raise DrtError(f"no checkpoint at {path}")
+        raise DrtError(f"no {what} at {path}" + (" (a directory)" if path.is_dir() else ""))
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for damaged files
-        reason = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
-        raise DrtError(f"checkpoint {path} is corrupted or truncated ({reason}); "
-                       "delete it or run without --resume") from None
+        text = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip()  # torch colours some messages
+        reason = text.splitlines()[0][:120] if text else type(e).__name__
+        raise DrtError(f"{what} {path} is corrupted or truncated ({reason}); delete it to start afresh") from None
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a checkpoint; a missing, truncated or corrupted file is a one-line ``DrtError``."""
+    payload = load_file(path)
     if not isinstance(payload, dict) or "model" not in payload or "epoch" not in payload:
         raise DrtError(f"checkpoint {path} is not a drt checkpoint (missing model/epoch)")
     return payload

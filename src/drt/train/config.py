@@ -36,6 +36,11 @@ class TrainConfig:
             raise DrtError(f"lr must be a positive number, got {self.lr}")
         if self.weight_decay < 0 or not 0 <= self.momentum < 1:
             raise DrtError("weight_decay must be >= 0 and momentum in [0, 1)")
+        if not self.gamma > 0:
+            raise DrtError(f"gamma must be > 0 (the multistep LR factor), got {self.gamma}")
+        stones = list(self.milestones or ())
+        if stones and (stones != sorted(set(stones)) or stones[0] <= 0 or stones[-1] > self.epochs):
+            raise DrtError(f"milestones must be increasing epochs in (0, epochs={self.epochs}], got {self.milestones}")
         if self.warmup_epochs < 0 or self.warmup_epochs > self.epochs:
             raise DrtError(f"warmup_epochs must be in [0, epochs={self.epochs}], got {self.warmup_epochs}")
 

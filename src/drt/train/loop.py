@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -125,6 +126,9 @@ def train(
     history: list[dict[str, Any]] = []
     if resuming:
         payload = distributed.on_main(lambda: load_checkpoint(ckpt))  # every rank: rank 0's file
+        if not 0 < payload["epoch"] <= total_epochs:
+            raise DrtError(f"checkpoint {ckpt} is at epoch {payload['epoch']}, outside this run's "
+                           f"{total_epochs} epochs; it belongs to another run")
         drv.load_state_dict(payload)
         scaler.load_state_dict(payload["scaler"])
         torch.set_rng_state(payload["rng"])
@@ -172,6 +176,9 @@ def train(
                                  "train_acc": correct / seen, "train_time": train_time,
                                  "step_time": train_time / len(loader), "images_per_s": seen / train_time}
         distributed.broadcast_(state.model, buffers_only=True)  # BN running stats: rank 0's everywhere
+        kept = f"; last good checkpoint kept at {ckpt}" if ckpt and ckpt.exists() else ""
+        if not all(bool(torch.isfinite(t).all()) for t in state.model.state_dict().values() if t.is_floating_point()):
+            raise DrtError(f"weights became non-finite in epoch {epoch + 1} (lr {lr:.3g}){kept}")
         done = epoch + 1
         if done % cfg.eval_every == 0 or done % cfg.epochs == 0 or done == total_epochs:  # and every IMP round's end
             entry["test_loss"], entry["test_acc"] = evaluate(state.model, data.x_test, data.y_test,
@@ -179,6 +186,9 @@ def train(
             if data.x_val is not None:
                 entry["val_loss"], entry["val_acc"] = evaluate(state.model, data.x_val, data.y_val,
                                                                cfg.eval_batch_size, device, cfg.amp, sharded=True)
+            if not all(math.isfinite(entry[k]) for k in ("test_loss", "val_loss") if k in entry):
+                raise DrtError(f"the model diverged: test loss {entry['test_loss']} after epoch {epoch + 1} "
+                               f"(lr {lr:.3g}){kept}")
         t1 = time.perf_counter()
         if drv.end_epoch(entry):  # PCN statistics + transform, IMP pruning, Early-Bird, ...
             entry["rebuilt"] = True  # a new architecture: later steps cost differently
