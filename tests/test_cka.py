@@ -277,3 +277,16 @@ def test_layer_cka_heatmap_and_table(tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 1000
     table = cka_table(m, names, names).splitlines()
     assert table[0] == "| | 0 | 1 | 3 |" and len(table) == 5 and table[2].startswith("| 0 | 1.000 |")
+
+
+def test_nan_features_give_nan_and_wrong_shapes_are_refused():
+    x = torch.randn(16, 8, dtype=torch.float64)
+    assert torch.isnan(linear_cka(torch.full((16, 8), float("nan"), dtype=torch.float64), x))
+    with pytest.raises(DrtError, match="lists of feature tensors"):
+        cka_matrix(x)
+    with pytest.raises(DrtError, match="a list of lists of feature tensors"):
+        cka_sr_loss([x, x])
+    with pytest.raises(DrtError, match="got a 0-D tensor"):
+        linear_cka(torch.tensor(1.0), torch.tensor(2.0))
+    with pytest.raises(DrtError, match="n_samples must be"):
+        cka_sr_loss([[x, x]], n_samples=2.5)

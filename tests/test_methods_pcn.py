@@ -162,3 +162,11 @@ def test_transform_epoch_must_precede_the_end(digits):
 def test_bad_k_is_a_clear_error(digits):
     with pytest.raises(DrtError, match="k"):
         train(_model(digits), digits, _cfg(epochs=2), PCN(PCNOptions(pcn_epoch="1", pcn_keep="100000")), device=CPU)
+
+
+def test_a_k_beyond_a_layer_width_is_refused_before_training(digits):
+    seen = []
+    with pytest.raises(DrtError, match=r"number of components k must be an int in \[1, \d+\]; got 100000"):
+        train(_model(digits), digits, _cfg(), PCN(PCNOptions(pcn_epoch="2", pcn_keep="100000")), device=CPU,
+              on_epoch=seen.append)
+    assert seen == []  # not after an epoch of training

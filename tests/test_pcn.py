@@ -426,3 +426,64 @@ def test_a_channel_reduction_is_not_mistaken_for_a_spatial_one():
     model = ChannelMean().double()
     spaces = {sp.readers[0][0]: sp for sp in pcn.channel_spaces(model, (2, 4, 4)) if sp.readers}
     assert spaces["c"].blocked  # b's channels are averaged away: c reads no channel space of b
+
+
+def _mlp(*widths: int) -> nn.Sequential:
+    torch.manual_seed(0)
+    layers: list[nn.Module] = []
+    for a, b in zip(widths, widths[1:], strict=False):
+        layers += [nn.Linear(a, b), nn.ReLU()]
+    return nn.Sequential(*layers[:-1]).double()
+
+
+def test_models_pcn_must_not_silently_change_are_refused_or_kept_intact():
+    from torch.nn.utils import prune
+
+    x = _x(64, 6)
+    m = _mlp(6, 8, 8, 3)
+    prune.l1_unstructured(m[0], "weight", amount=0.5)  # the first layer: kept, so its pruning must survive
+    small = pcn.compress(m, pcn.collect(m, [x]), keep="all")
+    assert hasattr(small[0], "weight_orig") and (small[0].weight == 0).sum() == 24
+    torch.testing.assert_close(small(x), m(x))
+    prune.l1_unstructured(m[2], "weight", amount=0.5)  # a layer PCN would replace
+    with pytest.raises(DrtError, match="'2' computes its weight through a hook"):
+        pcn.compress(m, pcn.collect(m, [x]), keep="all")
+    tied = _mlp(6, 8, 8, 8)
+    tied[4].weight = tied[2].weight
+    with pytest.raises(DrtError, match="'2' shares its weight with '4.weight'"):
+        pcn.compress(tied, pcn.collect(tied, [x]), keep=2)
+    frozen = _mlp(6, 8, 8, 3).requires_grad_(False)
+    small = pcn.compress(frozen, pcn.collect(frozen, [x]), keep=3)
+    assert not any(p.requires_grad for p in small.parameters())  # a frozen layer stays frozen
+
+
+def test_only_a_layer_reading_the_network_input_is_first():
+    emb = nn.Sequential(nn.Embedding(10, 6), nn.Flatten(), nn.Linear(12, 5), nn.ReLU(), nn.Linear(5, 3)).double()
+    tokens = torch.randint(0, 10, (64, 2), generator=torch.Generator().manual_seed(0))
+    stats = pcn.collect(emb, [tokens])
+    assert stats.first == [] and set(stats.layers) == {"2", "4"}  # behind an embedding
+    assert set(pcn.pcn_layers(pcn.compress(emb, stats, keep={"2": 4}))) == {"2"}
+    assert pcn.collect(_mlp(6, 8, 3), [_x(16, 6)]).first == ["0"]
+
+
+def test_bad_batches_and_options_are_clear_errors():
+    m, x = _mlp(6, 8, 8, 3), _x(64, 6)
+    one = pcn.collect(m, x)  # a single tensor is one batch, not an iterable of samples
+    assert one.samples == 64 and one.sample_shape == (6,)
+    with pytest.raises(DrtError, match="NaN or Inf"):
+        pcn.collect(m, [torch.cat([x, torch.full((1, 6), float("nan"), dtype=F64)])])
+    with pytest.raises(DrtError, match=r"the model failed on a batch of shape \(64, 7\)"):
+        pcn.collect(m, [_x(64, 7)])
+    with pytest.raises(DrtError, match="no Linear/Conv1d/Conv2d layer"):
+        pcn.collect(nn.Sequential(nn.Conv3d(1, 2, 1)), [torch.randn(2, 1, 2, 2, 2)])
+    stats = pcn.collect(m, [x])
+    with pytest.raises(DrtError, match="eigenvalue threshold must be a number >= 0"):
+        pcn.compress(m, stats, keep="all", eig_threshold=float("nan"))
+    with pytest.raises(DrtError, match="pass output=True"):
+        pcn.compress(m, stats, keep=3, output_keep=2)
+    with pytest.raises(DrtError, match="output_keep 'nope' matches no PCN layer"):
+        pcn.compress(m, stats, keep=3, output=True, output_keep={"nope": 2})
+    with pytest.raises(DrtError, match="threshold must be a number >= 0"):
+        pcn.compress(m, stats, keep=3, output=True, output_threshold=float("nan"))
+    with pytest.raises(DrtError, match="nothing to transform"):
+        pcn.compress(m, pcn.collect(m, [x], layers=["0"]), keep="all")

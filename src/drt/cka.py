@@ -43,6 +43,10 @@ def _unit(x: Tensor) -> Tensor:
 
 
 def _same_n(feats: Sequence[Tensor]) -> int:
+    for f in feats:
+        if not isinstance(f, Tensor) or f.dim() == 0:
+            what = f"a {f.dim()}-D tensor" if isinstance(f, Tensor) else type(f).__name__
+            raise DrtError(f"CKA features must be tensors of shape (samples, ...); got {what}")
     sizes = sorted({int(f.shape[0]) for f in feats})
     if len(sizes) != 1:
         raise DrtError(f"CKA needs the same batch size for all features; got batch sizes {sizes}")
@@ -103,7 +107,8 @@ def _ratio(kl: Tensor, kk: Tensor, ll: Tensor, floor: Tensor | float) -> Tensor:
     prod = kk * ll
     ok = prod > floor
     safe = torch.where(ok, prod, torch.ones_like(prod))  # below the floor: no sqrt near 0, result 0
-    return torch.where(ok, kl / torch.sqrt(safe), torch.zeros_like(kl))
+    out = torch.where(ok, kl / torch.sqrt(safe), torch.zeros_like(kl))
+    return torch.where(torch.isnan(prod) | torch.isnan(kl), torch.full_like(kl, float("nan")), out)  # NaN in, NaN out
 
 
 def cka_from_grams(k: Tensor, l: Tensor, unbiased: bool = False, eps: float = EPS) -> Tensor:
@@ -151,6 +156,8 @@ def cka_matrix(
     eps: float = EPS,
 ) -> Tensor:
     """Layer × layer CKA (La, Lb); within one model when ``features_b`` is None. Grams built once."""
+    if isinstance(features_a, Tensor) or isinstance(features_b, Tensor):
+        raise DrtError("cka_matrix takes lists of feature tensors (one per layer), not a single tensor")
     ga = _centred_grams(list(features_a), unbiased, kernel)
     if features_b is None:
         return _stacked_ratio(ga, ga, eps)
@@ -164,13 +171,15 @@ def stacked_unbiased_cka(features: Sequence[Tensor], eps: float = EPS) -> Tensor
 
 
 def _check_n_samples(n_samples: int) -> None:
-    if n_samples == 0 or n_samples < -1:
+    if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples == 0 or n_samples < -1:
         raise DrtError(f"n_samples must be a positive number of samples or -1 (all); got {n_samples}")
 
 
 def cka_sr_loss(stages: Sequence[Sequence[Tensor]], n_samples: int = 8) -> Tensor:
     """CKA-SR term without β (Ni et al. 2023): Σ_stages Σ_i Σ_j unbiased CKA(X_i, X_j), i = j included."""
     _check_n_samples(n_samples)
+    if isinstance(stages, Tensor) or any(not isinstance(s, list | tuple) for s in stages):
+        raise DrtError("CKA-SR takes stages: a list of lists of feature tensors (one list per stage)")
     _same_n([f for s in stages for f in s])
     total = None
     for stage in stages:

@@ -150,7 +150,7 @@ def k_explained(eigvals: Tensor, fraction: float, layer: str = "layer") -> int:
 
 def k_threshold(eigvals: Tensor, threshold: float, layer: str = "layer") -> int:
     """Number of eigenvalues >= ``threshold`` (at least 1) (paper rule)."""
-    if isinstance(threshold, bool) or not isinstance(threshold, int | float) or threshold < 0:
+    if isinstance(threshold, bool) or not isinstance(threshold, int | float) or not threshold >= 0:
         raise DrtError(f"{layer}: eigenvalue threshold must be a number >= 0; got {threshold!r}")
     return max(int((eigvals >= threshold).sum().item()), 1)
 

@@ -95,7 +95,8 @@ class DrtCallback(pl.Callback):
         x, _ = next(iter(batches()))
         with torch.no_grad():
             was = net.training
-            classes = int(net.eval()(x[:2]).shape[1])
+            out = net.eval()(x[:2])
+            classes = int(out.shape[1]) if out.dim() > 1 else 1  # the class count only matters to some scores
             net.train(was)
         self._trainer, self._module, self._started = trainer, pl_module, False
         steps = math.ceil(trainer.num_training_batches / trainer.accumulate_grad_batches)

@@ -47,7 +47,8 @@ def feature_stages(model: nn.Module, layers: tuple[str, ...] | None = None) -> l
         return [list(layers)]
     stages = getattr(model, "drt_stages", None)
     if not stages:
-        raise DrtError(f"model {type(model).__name__} declares no feature stages; name them with --cka-layers")
+        raise DrtError(f"model {type(model).__name__} declares no feature stages; name them with --cka-layers "
+                       "(Python: Options(cka_layers=[...]))")
     return [list(s) for s in stages]
 
 

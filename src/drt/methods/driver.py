@@ -42,6 +42,14 @@ class Driver:
                  loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.cross_entropy,
                  seed: int = 0, device: torch.device | str | None = None, run_dir: Any = None,
                  setup: bool = True, wrap: Callable[[nn.Module], nn.Module] | None = None) -> None:
+        for p in (method, *regularisers):
+            if not isinstance(p, Method):
+                raise DrtError(f"Driver takes method instances (e.g. methods.get('rigl')(Options())); got {p!r}")
+        if not any(True for _ in model.parameters()):
+            raise DrtError(f"{type(model).__name__} has no parameters to train")
+        for name, value in (("epochs", epochs), ("steps_per_epoch", steps_per_epoch)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise DrtError(f"Driver: {name} must be a positive int; got {value!r}")
         self.method, self.plugins = method, [method, *regularisers]
         self.make_optimizer, self.weight_decay = make_optimizer, weight_decay
         self.wrap = wrap or (lambda m: m)

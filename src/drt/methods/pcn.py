@@ -14,6 +14,7 @@ every rank builds the identical basis (and the same one a single process would).
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -36,6 +37,7 @@ from drt.pcn import (
     subspace_overlaps,
 )
 from drt.pcn.stats import eligible_layers, select_layers
+from drt.pcn.transform import check_replaceable
 
 
 def parse_keep(text: str) -> Any:
@@ -185,6 +187,7 @@ class PCN(Method):
         if o.pcn_epoch == "auto" and o.pcn_auto_latest is not None and o.pcn_auto_latest >= state.epochs:
             raise DrtError(f"pcn_auto_latest {o.pcn_auto_latest} must be before the last epoch ({state.epochs})")
         check_layer_rules(state.model, parse_keep(o.pcn_keep), o.pcn_exclude)  # now, not after E epochs
+        self.dry_run(state)
         if o.pcn_output:
             check_output_graph(state.model, state.input_shape, parse_keep(o.pcn_keep), o.pcn_exclude)
         world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
@@ -193,6 +196,23 @@ class PCN(Method):
             if o.pcn_samples < world * per_rank:
                 raise DrtError(f"pcn_samples {o.pcn_samples} is below one global batch ({world} x {per_rank}); "
                                "under DDP every rank must contribute statistics")
+
+    def dry_run(self, state: TrainState) -> None:
+        """Plan the transform on one batch's statistics, so that a k beyond a layer's width, a model with
+        nothing to transform or a layer PCN cannot replace is an error now rather than after E epochs."""
+        kw = self.options.compress_kwargs()
+        x = next(iter(state.batches()), None)
+        if x is None:
+            return
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # one batch: rank-deficient covariances are expected
+            probe = collect(state.model, [x[0]], max_samples=len(x[0]), pool_to=self.options.pcn_pool_to)
+        ks = plan_components(state.model, probe, kw["keep"], width_fraction=kw["width_fraction"],
+                             eig_threshold=kw["eig_threshold"], budget=kw["budget"], exclude=kw["exclude"])
+        if not ks:
+            raise DrtError(f"PCN: no layer to transform in this model (layers with statistics: "
+                           f"{', '.join(probe.layers) or 'none'}; the first layer is never transformed)")
+        check_replaceable(state.model, ks)
 
     def stats(self, state: TrainState) -> PCNStats:
         """Input statistics of ``pcn_samples`` training samples, summed over ranks."""

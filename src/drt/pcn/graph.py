@@ -79,6 +79,11 @@ def _trace(model: nn.Module, sample_shape: tuple[int, ...]) -> fx.GraphModule:
     try:
         with torch.no_grad():
             ShapeProp(gm).propagate(torch.zeros(2, *sample_shape, dtype=ref.dtype, device=ref.device))
+    except Exception as err:  # e.g. a model whose input is not a float tensor (token ids)
+        text = str(err).strip().splitlines()
+        raise DrtError(f"output transform: cannot propagate a float input of shape {tuple(sample_shape)} through "
+                       f"{type(model).__name__} ({text[-1][:160] if text else type(err).__name__}); use output=False"
+                       ) from None
     finally:
         for m, mode in modes.items():
             m.train(mode)

@@ -237,7 +237,10 @@ def to_pcn(layer: nn.Module, mu: Tensor, basis: Tensor, name: str, basis_key: st
         raise DrtError(f"layer {name!r}: basis must be ({d}, k) and mean ({d},); got {tuple(basis.shape)}, "
                        f"{tuple(mu.shape)}")
     key = basis_key or name
-    return PCN_TYPES[type(layer)].from_layer(layer, mu, basis, key, key != name)  # type: ignore[attr-defined]
+    new = PCN_TYPES[type(layer)].from_layer(layer, mu, basis, key, key != name)  # type: ignore[attr-defined]
+    new.weight.requires_grad_(layer.weight.requires_grad)  # a frozen layer stays frozen
+    new.bias.requires_grad_((layer.bias if layer.bias is not None else layer.weight).requires_grad)
+    return new
 
 
 def pcn_class(type_name: str) -> type[PCNLayer]:

@@ -104,6 +104,14 @@ def narrow_(model: nn.Module, sample_shape: tuple[int, ...], *, which: bool | It
             if not hit:
                 raise DrtError(f"output transform: {pat!r} matches no PCN layer; PCN layers: {', '.join(pcn)}")
             wanted.update(hit)
+    if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, int | float)
+                                  or not threshold >= 0):
+        raise DrtError(f"output transform: threshold must be a number >= 0; got {threshold!r}")
+    if isinstance(keep, Mapping):
+        for pat in keep:
+            if not any(fnmatch.fnmatchcase(n, pat) for n in wanted):
+                raise DrtError(f"output transform: output_keep {pat!r} matches no PCN layer; "
+                               f"PCN layers: {', '.join(sorted(wanted))}")
     if eigen_weighted and eigvals is None:
         raise DrtError("output transform: eigen_weighted=True needs the eigenvalues (use compress(...))")
     modules = dict(model.named_modules())

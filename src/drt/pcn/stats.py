@@ -157,9 +157,20 @@ def collect(model: nn.Module, batches: Iterable[Any], *, layers: LayerFilter = N
     if pool_to is not None and (isinstance(pool_to, bool) or not isinstance(pool_to, int) or pool_to < 1):
         raise DrtError(f"pool_to must be a positive int or None; got {pool_to!r}")
     eligible, ineligible = eligible_layers(model)
+    if not eligible:
+        bad = "; ".join(f"{n}: {r}" for n, r in ineligible.items())
+        raise DrtError("PCN statistics: the model has no Linear/Conv1d/Conv2d layer PCN can transform"
+                       + (f" ({bad})" if bad else ""))
+    if isinstance(batches, Tensor):  # one batch, not an iterable of samples
+        batches = [batches]
     chosen = set(select_layers(eligible, layers, eligible))
     tracker = _Tracker(eligible, chosen, exclude_first, pool_to)
     handles = [m.register_forward_pre_hook(tracker.hook(n)) for n, m in eligible.items()]
+    # a weighted module before the first eligible layer (an embedding, a grouped or 3-D conv) means that
+    # layer does not read the network input
+    handles += [m.register_forward_pre_hook(tracker.before_first) for m in model.modules()
+                if m is not model and m not in eligible.values()
+                and any(p.dim() >= 2 for p in m.parameters(recurse=False))]
     modes = {m: m.training for m in model.modules()}
     ref = next(iter(model.parameters()), None)
     seen, shape = 0, None
@@ -168,10 +179,18 @@ def collect(model: nn.Module, batches: Iterable[Any], *, layers: LayerFilter = N
         with torch.no_grad():
             for batch in batches:
                 x = _batch_input(batch)[: max_samples - seen]
+                if x.dim() < 2:
+                    raise DrtError(f"PCN statistics: a batch must be (samples, ...) with a sample dimension; "
+                                   f"got shape {tuple(x.shape)}")
                 if ref is not None:
                     x = x.to(ref.device, ref.dtype if x.is_floating_point() else x.dtype)
                 shape = shape or tuple(x.shape[1:])
-                model(x)
+                try:
+                    model(x)
+                except (RuntimeError, ValueError, TypeError, IndexError) as e:
+                    first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+                    raise DrtError(f"PCN statistics: the model failed on a batch of shape {tuple(x.shape)} "
+                                   f"({first})") from None
                 tracker.first_pass = False
                 seen += x.shape[0]
                 if seen >= max_samples:
@@ -191,6 +210,7 @@ class _Tracker:
                  pool_to: int | None) -> None:
         self.eligible, self.chosen, self.exclude_first, self.pool_to = eligible, chosen, exclude_first, pool_to
         self.first_pass = True
+        self.preceded = False  # a weighted non-eligible module ran before any eligible layer
         self.first: list[str] = []
         self.order: list[str] = []
         self.keys: dict[str, str] = {}
@@ -212,13 +232,17 @@ class _Tracker:
 
         return fn
 
+    def before_first(self, module: nn.Module, args: tuple[Any, ...]) -> None:
+        if self.first_pass and not self.order:
+            self.preceded = True
+
     def _register(self, name: str, x: Tensor) -> None:
         if name in self.order:
             return
         self.order.append(name)
         same = next((n for r, n in self._inputs if r() is x), None)
         self._inputs.append((weakref.ref(x), name))
-        if len(self.order) == 1 or (same is not None and same in self.first):
+        if (len(self.order) == 1 and not self.preceded) or (same is not None and same in self.first):
             self.first.append(name)
         if name not in self.chosen or (self.exclude_first and name in self.first):
             return
@@ -232,6 +256,8 @@ class _Tracker:
         if missing and not self.keys:
             raise DrtError(f"PCN statistics: no selected layer ran in the forward pass ({', '.join(missing)})")
         for key, m in self.moments.items():
+            if not (bool(torch.isfinite(m.total).all()) and bool(torch.isfinite(m.outer).all())):
+                raise DrtError(f"PCN statistics: layer {key!r} saw NaN or Inf inputs; check the batches and the model")
             if m.n < 2:
                 raise DrtError(f"PCN statistics: layer {key!r} got {m.n} observation(s) from {seen} sample(s); "
                                "need at least 2 (pass more samples)")

@@ -10,6 +10,9 @@ import copy
 from collections.abc import Iterable, Mapping
 
 from torch import Tensor, nn
+from torch.nn.utils import parametrize, prune
+from torch.nn.utils.spectral_norm import SpectralNorm
+from torch.nn.utils.weight_norm import WeightNorm
 
 from drt.errors import DrtError
 from drt.pcn.layers import PCNLayer, to_pcn
@@ -17,15 +20,37 @@ from drt.pcn.narrow import narrow_
 from drt.pcn.select import Exclude, KeepArg, plan_components
 from drt.pcn.stats import PCNStats
 
+# hooks that belong to their module (its weight is computed from them), kept by a copy
+OWN_HOOKS = (prune.BasePruningMethod, SpectralNorm, WeightNorm)
+
 
 def copy_without_hooks(model: nn.Module) -> nn.Module:
-    """A deep copy of ``model`` whose modules carry no forward/backward hooks: the original's hooks
-    close over the original (e.g. a regulariser's feature store) and must not fire for the copy."""
+    """A deep copy of ``model`` without the forward/backward hooks of others: they close over the
+    original (e.g. a regulariser's feature store) and must not fire for the copy. A module's own
+    weight hooks (``torch.nn.utils.prune``, spectral and weight norm) are copied with it."""
     out = copy.deepcopy(model)
     for m in out.modules():
         for hooks in (m._forward_hooks, m._forward_pre_hooks, m._backward_hooks, m._backward_pre_hooks):
-            hooks.clear()
+            for k in [k for k, h in hooks.items() if not isinstance(h, OWN_HOOKS)]:
+                del hooks[k]
     return out
+
+
+def check_replaceable(model: nn.Module, names: Iterable[str]) -> None:
+    """DrtError if a layer to be replaced computes its weight through hooks or shares it with another layer."""
+    owners: dict[int, list[str]] = {}
+    for n, m in model.named_modules():
+        for pn, p in m.named_parameters(recurse=False):
+            owners.setdefault(id(p), []).append(f"{n}.{pn}" if n else pn)
+    for name in names:
+        m = model.get_submodule(name)
+        if m._forward_pre_hooks or parametrize.is_parametrized(m):
+            raise DrtError(f"layer {name!r} computes its weight through a hook or parametrization (e.g. "
+                           "torch.nn.utils.prune, spectral_norm); remove it (prune.remove) or exclude the layer")
+        others = [o for o in owners.get(id(m.weight), []) if o != f"{name}.weight"]
+        if others:
+            raise DrtError(f"layer {name!r} shares its weight with {others[0]!r}; PCN would untie them "
+                           "(exclude one of the layers)")
 
 
 def set_module_(root: nn.Module, name: str, new: nn.Module) -> nn.Module:
@@ -54,8 +79,14 @@ def compress(model: nn.Module, stats: PCNStats, keep: KeepArg = "all", *, width_
     ``narrow.narrow_`` for ``output_keep``, ``output_threshold`` and ``eigen_weighted``.
     Transforming a PCN layer again is refused (``expand`` first, then collect and compress).
     """
+    if output is False and (output_keep is not None or output_threshold is not None or eigen_weighted):
+        raise DrtError("output_keep, output_threshold and eigen_weighted set the output transform: pass output=True")
     ks = plan_components(model, stats, keep, width_fraction=width_fraction, eig_threshold=eig_threshold,
                          budget=budget, exclude=exclude, include_first=include_first)
+    if not ks:
+        raise DrtError(f"nothing to transform: no layer with statistics ({', '.join(stats.layers) or 'none'}) is "
+                       "selected (the first layer is kept unless include_first=True)")
+    check_replaceable(model, ks)
     small = copy_without_hooks(model)
     owners: dict[str, str] = {}
     eigvals: dict[str, Tensor] = {}

@@ -72,6 +72,8 @@ def layer_densities(
         raise DrtError(f"unknown layer distribution {kind!r}; valid: {', '.join(KINDS)}")
     sparsity = check_sparsity(sparsity)
     names = list(shapes)
+    if not names:
+        raise DrtError("no tensors to prune (the model has no prunable conv or linear weights)")
     numel = {n: math.prod(shapes[n]) for n in names}
     total = sum(numel.values())
     dense_set = set(dense_names(names, dense_first, dense_last, dense))
@@ -213,6 +215,8 @@ def masks_from_scores(
     if distribution not in DISTRIBUTIONS:
         raise DrtError(f"unknown distribution {distribution!r}; valid: {', '.join(DISTRIBUTIONS)}")
     names = list(scores)
+    if not names:
+        raise DrtError("no tensors to prune (the model has no prunable conv or linear weights)")
     numels = {n: scores[n].numel() for n in names}
     total = sum(numels.values())
     dense_list = dense_names(names, dense_first, dense_last, dense)

@@ -65,6 +65,8 @@ def _named(model: nn.Module, names: Sequence[str] | None) -> dict[str, nn.Parame
     missing = [n for n in names if n not in params]
     if missing:
         raise DrtError(f"parameters to score not in model: {', '.join(missing)}")
+    if not names:
+        raise DrtError(f"{type(model).__name__} has no prunable weights (conv or linear) to score")
     return {n: params[n].requires_grad_(True) for n in names}  # always called on a copy
 
 
