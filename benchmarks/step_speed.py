@@ -29,10 +29,12 @@ def selected_runs(setting: str, seed: int) -> list[dict[str, Any]]:
             if r["seed"] == seed and selects(r["config"], setting, ("dense", "pcn", "tp-channel"))]
 
 
-def label(run: dict[str, Any]) -> str:
-    c = run["config"]
-    if c["method"] == "dense" and (c["model"].get("width") or c["model"].get("hidden")):
-        return f"small-dense width={c['model'].get('width') or c['model'].get('hidden')}"
+def label(run: dict[str, Any], setting: str) -> str:
+    """``dense``, ``small-dense width=W`` (a dense run narrower than the setting's model) or the method/budget."""
+    c, base = run["config"], SETTINGS[setting]
+    size = {k: c["model"].get(k) for k in ("width", "hidden")}
+    if c["method"] == "dense" and any(v and v != base.get(k) for k, v in size.items()):
+        return f"small-dense width={size['width'] or size['hidden']}"
     return budget_label(c)
 
 
@@ -49,7 +51,7 @@ def main() -> None:
     models, rows = {}, []
     for r in runs:
         model, _, data = load_run_model(RESULTS, r["id"], data_root=str(data_root()))
-        name = f"{label(r)} ({r['id'][:8]})"
+        name = f"{label(r, args.setting)} ({r['id'][:8]})"
         models[name] = model.train()
         shape = tuple(data.input_shape)
         rows.append({"model": name, "trainable": param_counts(model)["trainable"],
