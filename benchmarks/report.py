@@ -60,6 +60,7 @@ def json_table(name: str) -> list[str]:
     res = json.loads(path.read_text())
     rows = res["rows"]
     cols = list(dict.fromkeys(c for r in rows for c in r))  # rows of different measures share one table
+    cols = [c for c in cols if not any(isinstance(r.get(c), list) and len(r[c]) > 4 for r in rows)]  # histograms
     env = res["env"]
     return [f"Command: `{res['command']}` — {res['date']}, torch {env['torch']}, {env['cpu']} "
             f"({env['cpu_count']} cores, {env['torch_threads']} threads), code {env['code_version']}", "",
@@ -78,6 +79,10 @@ def main() -> None:
              "## CKA-SR reference runs: weight magnitudes", "", *json_table("cka_weights"),
              *(["![log10 |w| of the active weights](benchmarks/results/cka_weights.png)", ""]
                if (RESULTS / "cka_weights.png").exists() else []),
+             "## Sparse LeNet-5 at initialisation: how much of the input reaches the logits", "",
+             "Standard deviation of the logits over 512 Fashion-MNIST images (the input-dependent part) "
+             "and their mean size (the bias path), for each method's mask as chosen at setup.", "",
+             *json_table("signal_at_init"),
              "## Distributed: 1 vs 2 processes", "", *json_table("ddp"),
              "## Trained models side by side: training step and inference (batch 128)", "",
              "Dense, PCN, small-dense and Torch-Pruning models of one seed from the results store, "
