@@ -38,6 +38,10 @@ class TrainConfig:
             raise DrtError("weight_decay must be >= 0 and momentum in [0, 1)")
         if not self.gamma > 0:
             raise DrtError(f"gamma must be > 0 (the multistep LR factor), got {self.gamma}")
+        if self.milestones is not None and self.schedule != "multistep":
+            raise DrtError(f"milestones apply to the multistep schedule, not {self.schedule!r}")
+        if self.nesterov and self.optimizer != "sgd":
+            raise DrtError(f"nesterov applies to sgd, not {self.optimizer}")
         stones = list(self.milestones or ())
         if stones and (stones != sorted(set(stones)) or stones[0] <= 0 or stones[-1] > self.epochs):
             raise DrtError(f"milestones must be increasing epochs in (0, epochs={self.epochs}], got {self.milestones}")
