@@ -32,7 +32,8 @@ def test_plan_crosses_runs_with_the_grid_and_drops_duplicates():
 
 
 def test_plan_tuple_settings_and_sections():
-    raw = {"base": {"data": {"dataset": "digits"}, "train": {"epochs": 3, "schedule": "multistep", "milestones": [1, 2]}},
+    train = {"epochs": 3, "schedule": "multistep", "milestones": [1, 2]}
+    raw = {"base": {"data": {"dataset": "digits"}, "train": train},
            "grid": {"hidden": [[32], "16,8"], "lr": [0.1, 0.05]}, "workers": 2}
     settings, workers = plan(raw)
     assert workers == 2 and len(settings) == 4
