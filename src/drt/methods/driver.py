@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from drt.errors import DrtError
+from drt.errors import DrtError, first_line
 from drt.methods.base import Method, TrainState
 
 MakeOptimizer = Callable[[list[dict[str, Any]]], torch.optim.Optimizer]
@@ -147,6 +147,5 @@ class Driver:
             self.rebuild()
             s.optimizer.load_state_dict(payload["optimizer"])
         except (RuntimeError, ValueError, KeyError) as e:  # another model's or method's checkpoint
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise DrtError(f"the checkpoint does not fit this run's model and method ({first[:160]})") from None
+            raise DrtError(f"the checkpoint does not fit this run's model and method ({first_line(e)})") from None
         s.epoch, s.step = payload["epoch"], payload["step"]

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from drt.analysis.pca import RunningMoments, as_observations
-from drt.errors import DrtError
+from drt.errors import DrtError, first_line
 from drt.pcn.layers import PCNLayer, ineligible_reason
 
 LayerFilter = Iterable[str] | Callable[[str, nn.Module], bool] | None
@@ -188,9 +188,8 @@ def collect(model: nn.Module, batches: Iterable[Any], *, layers: LayerFilter = N
                 try:
                     model(x)
                 except (RuntimeError, ValueError, TypeError, IndexError) as e:
-                    first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
                     raise DrtError(f"PCN statistics: the model failed on a batch of shape {tuple(x.shape)} "
-                                   f"({first})") from None
+                                   f"({first_line(e)})") from None
                 tracker.first_pass = False
                 seen += x.shape[0]
                 if seen >= max_samples:

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from drt.errors import DrtError
+from drt.errors import DrtError, first_line
 
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
@@ -39,9 +38,8 @@ def load_file(path: str | Path, what: str = "checkpoint") -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for damaged files
-        text = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip()  # torch colours some messages
-        reason = text.splitlines()[0][:120] if text else type(e).__name__
-        raise DrtError(f"{what} {path} is corrupted or truncated ({reason}); delete it to start afresh") from None
+        raise DrtError(f"{what} {path} is corrupted or truncated ({first_line(e, 120)}); "
+                       "delete it to start afresh") from None
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
