@@ -197,18 +197,23 @@ class PCN(Method):
                 raise DrtError(f"pcn_samples {o.pcn_samples} is below one global batch ({world} x {per_rank}); "
                                "under DDP every rank must contribute statistics")
 
+    def plan(self, model: nn.Module, stats: PCNStats, keep: Any = None) -> dict[str, int]:
+        """The components ``compress`` would keep per layer under these options (``keep`` overrides)."""
+        kw = self.options.compress_kwargs()
+        return plan_components(model, stats, kw["keep"] if keep is None else keep,
+                               width_fraction=kw["width_fraction"], eig_threshold=kw["eig_threshold"],
+                               budget=kw["budget"], exclude=kw["exclude"])
+
     def dry_run(self, state: TrainState) -> None:
         """Plan the transform on one batch's statistics, so that a k beyond a layer's width, a model with
         nothing to transform or a layer PCN cannot replace is an error now rather than after E epochs."""
-        kw = self.options.compress_kwargs()
         x = next(iter(state.batches()), None)
         if x is None:
             return
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # one batch: rank-deficient covariances are expected
             probe = collect(state.model, [x[0]], max_samples=len(x[0]), pool_to=self.options.pcn_pool_to)
-        ks = plan_components(state.model, probe, kw["keep"], width_fraction=kw["width_fraction"],
-                             eig_threshold=kw["eig_threshold"], budget=kw["budget"], exclude=kw["exclude"])
+        ks = self.plan(state.model, probe)
         if not ks:
             raise DrtError(f"PCN: no layer to transform in this model (layers with statistics: "
                            f"{', '.join(probe.layers) or 'none'}; the first layer is never transformed)")
@@ -227,10 +232,8 @@ class PCN(Method):
         latest = o.pcn_auto_latest or max(1, state.epochs // 2)
         cur = self.stats(state)
         if self.prev is not None:
-            kw = o.compress_kwargs()
-            keep = kw["keep"] if kw["keep"] != "all" else 0.99
-            ks = plan_components(state.model, cur, keep, width_fraction=kw["width_fraction"],
-                                 eig_threshold=kw["eig_threshold"], budget=kw["budget"], exclude=kw["exclude"])
+            keep = parse_keep(o.pcn_keep)
+            ks = self.plan(state.model, cur, keep if keep != "all" else 0.99)
             overlaps = subspace_overlaps(self.prev, cur, ks)  # over the layers the transform would change
             mean = sum(overlaps.values()) / max(len(overlaps), 1)
             self.overlaps.append(mean)
