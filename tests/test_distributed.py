@@ -32,6 +32,7 @@ from drt.methods.dst import DSTOptions, RigL
 from drt.methods.lottery import IMP, IMPOptions
 from drt.methods.pcn import PCN, PCNOptions
 from drt.methods.prune_at_init import SNIP, ScoredOptions
+from drt.methods.snfs import SNFS
 from drt.methods.sparse_base import check_ranks_agree
 from drt.models import create
 from drt.sparse import MaskSet
@@ -49,12 +50,13 @@ CASES = {
             lambda: PCN(PCNOptions(pcn_epoch="1", pcn_keep="12", pcn_samples=200)), None, 2),
     "snip": ("mnist5k", "lenet5", {"width": 40}, lambda: SNIP(ScoredOptions(sparsity=0.9)), None, 1),
     "rigl": ("digits", "mlp", {"hidden": [64, 32]}, lambda: RigL(DSTOptions(sparsity=0.8, delta_t=3)), None, 2),
+    "snfs": ("digits", "mlp", {"hidden": [64, 32]}, lambda: SNFS(DSTOptions(sparsity=0.8)), None, 2),
     "imp": ("mnist5k", "lenet5", {"width": 40}, lambda: IMP(IMPOptions(sparsity=0.5, imp_rounds=1)), None, 1),
     "cka-sr": ("digits", "mlp", {"hidden": [32, 32]}, Dense,
                lambda: CKASR(CKASROptions(cka_beta=0.5, cka_samples=8, cka_every=1)), 1),
     "bn": ("digits", "resnet20", {"width": 4}, Dense, None, 1),
 }
-EXACT = ("dense", "pcn", "snip", "rigl", "imp")
+EXACT = ("dense", "pcn", "snip", "rigl", "snfs", "imp")
 
 
 def _data(name: str):
@@ -160,6 +162,7 @@ def test_methods_really_acted_under_ddp(ddp):
     pcn, rigl, snip, imp = (_ranks(ddp, c)[0] for c in ("pcn", "rigl", "snip", "imp"))
     assert pcn["final"]["pcn_epoch"] == 1 and all(v["k"] == 12 for v in pcn["final"]["pcn_layers"].values())
     assert rigl["final"]["updates"] > 0 and rigl["final"]["sparsity_achieved"] == pytest.approx(0.8, abs=1e-3)
+    assert _ranks(ddp, "snfs")[0]["final"]["updates"] == 1  # at the end of epoch 1 of 2
     assert snip["final"]["sparsity_achieved"] == pytest.approx(0.9, abs=1e-3)
     assert imp["final"]["sparsity_achieved"] == pytest.approx(0.5, abs=1e-3)
 

@@ -1,4 +1,4 @@
-"""SET, RigL and GraNet through the real loop on digits: counts, schedules, zero state, resume, CLI."""
+"""SET, RigL, GraNet and SNFS through the real loop on digits: counts, schedules, zero state, resume, CLI."""
 
 from __future__ import annotations
 
@@ -14,8 +14,9 @@ from drt.experiments.store import Store
 from drt.methods import METHODS, Method
 from drt.methods.dst import DSTOptions, RigL
 from drt.methods.granet import GraNet, GraNetOptions
+from drt.methods.snfs import SNFS
 from drt.models import create
-from drt.sparse import kept_total
+from drt.sparse import kept_total, redistribute
 from drt.train import TrainConfig, train
 
 CPU = torch.device("cpu")
@@ -47,7 +48,7 @@ class Probe(Method):
         self.state = state
         params = dict(state.model.named_parameters())
         for n, m in self.method.mask.items():
-            assert int(m.sum()) == int(self.start[n].sum()) or isinstance(self.method, GraNet), n
+            assert int(m.sum()) == int(self.start[n].sum()) or isinstance(self.method, GraNet | SNFS), n
             fresh = m & ~self.prev[n]  # grown this step from inactive: value and optimizer state start at 0
             assert not params[n][fresh].any(), n
             for v in state.optimizer.state[params[n]].values():
@@ -155,7 +156,7 @@ class Interrupt(Exception):
     pass
 
 
-@pytest.mark.parametrize("name", ["rigl", "set", "granet"])
+@pytest.mark.parametrize("name", ["rigl", "set", "granet", "snfs"])
 def test_resume_matches_uninterrupted_run(digits, tmp_path, name):
     opts = (GraNetOptions if name == "granet" else DSTOptions)(sparsity=0.8, delta_t=5)
     full_method = METHODS.get(name)(opts)
@@ -177,6 +178,53 @@ def test_resume_matches_uninterrupted_run(digits, tmp_path, name):
     assert method.mask == full_method.mask and method.updates == full_method.updates
     assert method.tracker.rate() == full_method.tracker.rate()
     assert torch.equal(method.generator.get_state(), full_method.generator.get_state())
+    if name == "snfs":
+        assert all(torch.equal(method.momentum[n], m) for n, m in full_method.momentum.items())
+
+
+class CheckedSNFS(SNFS):
+    """SNFS that keeps its own dense-gradient momentum and checks every update against it."""
+
+    def setup(self, state):
+        super().setup(state)
+        self.mine = {n: torch.zeros_like(m) for n, m in self.momentum.items()}
+
+    def after_backward(self, state):
+        for n, p in self._weights(state).items():
+            self.mine[n] = 0.9 * self.mine[n] + p.grad  # dense: taken before the method masks grads
+        super().after_backward(state)
+
+    def update(self, state, step, plan):
+        old = {n: m.clone() for n, m in self.mask.items()}
+        for n, m in self.mine.items():
+            torch.testing.assert_close(self.momentum[n], m)
+        shares = {n: float(self.mine[n].abs()[old[n]].mean()) for n in old}
+        super().update(state, step, plan)
+        u = self.updates[-1]
+        after = {n: int(old[n].sum()) - u["dropped"][n] for n in old}
+        want = redistribute(sum(u["dropped"].values()), shares, {n: old[n].numel() - after[n] for n in old})
+        assert {n: int(m.sum()) - after[n] for n, m in self.mask.items()} == want
+        for n, new in self.mask.items():
+            mom, fresh = self.mine[n].abs(), new & ~old[n]
+            if fresh.any() and (~new).any():
+                assert mom[fresh].min() >= mom[~new].max(), n  # grown = top |momentum| among inactive
+
+
+def test_snfs_redistributes_by_momentum_each_epoch_and_keeps_the_total(digits):
+    s, epochs = 0.9, 3
+    method = CheckedSNFS(DSTOptions(sparsity=s, distribution="uniform"))
+    probe = Probe(method)
+    out = train(_model(digits), digits, _cfg(epochs=epochs), method, [probe], device=CPU)
+    total = epochs * STEPS_PER_EPOCH
+    assert [u["step"] for u in method.updates] == [STEPS_PER_EPOCH, 2 * STEPS_PER_EPOCH]  # not after the last
+    for u in method.updates:  # cosine from 0.5 to 0.005 over all steps, ceiled per layer
+        p_t = 0.005 + (0.5 - 0.005) / 2 * (1 + math.cos(math.pi * u["step"] / total))
+        assert u["fraction"] == pytest.approx(p_t, abs=1e-15)
+        assert u["dropped"] == {n: math.ceil(p_t * a) for n, a in u["active"].items()}
+    start = {n: int(m.sum()) for n, m in probe.start.items()}
+    end = {n: int(m.sum()) for n, m in method.mask.items()}
+    assert end != start and sum(end.values()) == kept_total(method.mask.numel(), s)  # moved between layers
+    assert out.final["sparsity_achieved"] == method.mask.sparsity() and out.final["updates"] == 2
 
 
 def test_delta_t_too_large_is_clamped_with_a_warning(digits):
@@ -216,6 +264,7 @@ def test_cli_trains_rigl_and_rejects_bad_options(capsys, results):
         (["--method", "rigl", "--t-end", "0"], "t_end must be a fraction"),
         (["--method", "granet", "--sparsity", "0.8", "--granet-initial", "0.9"], "granet_initial must be in"),
         (["--method", "rigl", "--granet-initial", "0.5"], "do not apply to method 'rigl'"),
+        (["--method", "snfs", "--alpha", "0"], "alpha (drop fraction) must be in (0, 1]"),
     ]:
         code = main([*TINY, *argv, "--results-dir", str(results)])
         _, err = capsys.readouterr()

@@ -1,4 +1,4 @@
-"""Drop/grow (SET, RigL, GraNet) on hand-made tensors and a tiny MLP; schedules; exploration rate."""
+"""Drop/grow (SET, RigL, GraNet, SNFS redistribution) on hand-made tensors and a tiny MLP; schedules."""
 
 import math
 
@@ -20,6 +20,7 @@ from drt.sparse import (
     masks_from_scores,
     prunable,
     random_scores,
+    redistribute,
     rigl_drop_fraction,
 )
 
@@ -178,3 +179,43 @@ def test_nan_grow_scores_are_never_grown_and_dense_layers_are_left_alone():
     dense = MaskSet({"w": torch.ones(8, dtype=torch.bool)})
     info = drop_grow_({"w": w}, dense, 0.4, None, torch.Generator().manual_seed(0))
     assert info.dropped == {"w": 0} and dense["w"].all()
+
+
+def test_redistribute_is_proportional_capped_and_exact():
+    assert redistribute(10, {"a": 1.0, "b": 1.0}, {"a": 100, "b": 100}) == {"a": 5, "b": 5}
+    assert redistribute(10, {"a": 3.0, "b": 1.0}, {"a": 100, "b": 100}) == {"a": 8, "b": 2}  # 7.5, 2.5: first
+    # a's share (9) exceeds its room (4): it fills up, the rest goes to b and c in proportion (2:1 of 6)
+    assert redistribute(10, {"a": 9.0, "b": 0.6, "c": 0.3}, {"a": 4, "b": 100, "c": 100}) == {"a": 4, "b": 4, "c": 2}
+    assert redistribute(7, {"a": 0.0, "b": 0.0}, {"a": 5, "b": 5}) == {"a": 4, "b": 3}  # no signal: even split
+    assert redistribute(50, {"a": 1.0, "b": 2.0}, {"a": 3, "b": 4}) == {"a": 3, "b": 4}  # more than all room
+    g = torch.Generator().manual_seed(0)
+    for _ in range(200):  # exact totals and caps on random cases
+        n = int(torch.randint(1, 6, (1,), generator=g))
+        shares = {str(i): float(torch.rand(1, generator=g)) ** 3 for i in range(n)}
+        cap = {k: int(torch.randint(0, 20, (1,), generator=g)) for k in shares}
+        total = int(torch.randint(0, 60, (1,), generator=g))
+        out = redistribute(total, shares, cap)
+        assert sum(out.values()) == min(total, sum(cap.values())) and all(0 <= out[k] <= cap[k] for k in cap)
+    for args in [(-1, {"a": 1.0}, {"a": 1}), (1, {"a": float("nan")}, {"a": 1}), (1, {"a": -1.0}, {"a": 1})]:
+        with pytest.raises(DrtError, match="redistribute needs"):
+            redistribute(*args)
+
+
+def test_grow_counts_move_weights_between_layers_by_score():
+    w = {"a": torch.tensor([5.0, 4.0, 0.1, 0.0, 0.0, 0.0]), "b": torch.tensor([3.0, 0.2, 0.0, 0.0, 0.0, 0.0])}
+    masks = MaskSet({"a": torch.tensor([1, 1, 1, 0, 0, 0]).bool(), "b": torch.tensor([1, 1, 0, 0, 0, 0]).bool()})
+    grow = {"a": torch.tensor([0.0, 0.0, 0.0, 0.1, 0.3, 0.2]), "b": torch.tensor([0.0, 0.0, 0.9, 0.8, 0.0, 0.7])}
+    seen = {}
+
+    def counts(dropped, capacity):
+        seen.update(dropped=dict(dropped), capacity=dict(capacity))
+        return {"a": 0, "b": 3}
+
+    info = drop_grow_(w, masks, 0.5, grow, torch.Generator().manual_seed(0), rounding="ceil", grow_counts=counts)
+    assert seen == {"dropped": {"a": 2, "b": 1}, "capacity": {"a": 5, "b": 5}}  # ceil(1.5), ceil(1)
+    assert masks["a"].tolist() == [True, False, False, False, False, False]  # 0.1 and 4.0 dropped, none grown
+    assert masks["b"].tolist() == [True, False, True, True, False, True]  # 0.2 dropped; scores 0.9, 0.8, 0.7
+    assert info.grown == {"a": 0, "b": 3} and masks.kept() == 5
+    assert w["a"].tolist()[:3] == [5.0, 0.0, 0.0] and w["b"].tolist()[:3] == [3.0, 0.0, 0.0]
+    with pytest.raises(DrtError, match="grow counts outside"):
+        drop_grow_(w, masks, 0.5, grow, torch.Generator(), grow_counts=lambda d, c: {"a": 99, "b": 0})

@@ -10,6 +10,7 @@ from drt.methods import (  # noqa: F401  (registers)
     lottery,
     pcn,
     prune_at_init,
+    snfs,
     torch_prune,
     tp_channel,
 )

@@ -31,6 +31,7 @@ from drt.methods.sparse_base import SparseMethod, SparseOptions, check_ranks_agr
 from drt.options import opt
 from drt.sparse import (
     ExplorationTracker,
+    GrowCounts,
     MaskSet,
     drop_grow_,
     grad_magnitude,
@@ -172,27 +173,36 @@ class DynamicSparse(SparseMethod):
 
     def update(self, state: TrainState, step: int, plan: Plan) -> None:
         """One drop/grow update of ``self.mask``, weights and optimizer state; appends to ``updates``."""
-        grow = None
-        if self.grow_by_gradient:
-            if self._grow is None:
-                raise DrtError(f"{type(self).__name__} grows by the dense gradient: call after_backward "
-                               "before after_step on every step")
-            grow, self._grow = self._grow, None
-            if not all(bool(torch.isfinite(g).all()) for g in grow.values()):  # e.g. a step AMP's scaler skips
-                warnings.warn(f"{type(self).__name__}: non-finite gradient at step {step}; update skipped",
-                              stacklevel=2)
-                self.updates.append({"step": step, "skipped": "non-finite gradient"})
-                return
+        grow = self.grow_scores()
+        if grow is not None and not all(bool(torch.isfinite(g).all()) for g in grow.values()):
+            warnings.warn(f"{type(self).__name__}: non-finite gradient at step {step}; update skipped",
+                          stacklevel=2)  # e.g. a step AMP's scaler skips
+            self.updates.append({"step": step, "skipped": "non-finite gradient"})
+            return
         weights = self._weights(state)
         record: dict[str, Any] = {"step": step, **self.before_drop_grow(state, step, plan, weights)}
         fraction = self.drop_fraction(step, plan)
         active = {n: self.mask.kept(n) for n in self.mask}
         info = drop_grow_(weights, self.mask, fraction, grow, self.generator, state.optimizer,
-                          drop=self.drop_rule, rounding=self.rounding)
+                          drop=self.drop_rule, rounding=self.rounding, grow_counts=self.grow_counts())
         check_ranks_agree(self.mask, f"{type(self).__name__} update at step {step}")
         self.tracker.update(self.mask)
         record.update(fraction=fraction, active=active, dropped=info.dropped, new=info.new)
         self.updates.append(record)
+
+    def grow_scores(self) -> dict[str, torch.Tensor] | None:
+        """Scores for ``drop_grow_``'s growth: the dense gradient captured this step (None: random)."""
+        if not self.grow_by_gradient:
+            return None
+        if self._grow is None:
+            raise DrtError(f"{type(self).__name__} grows by the dense gradient: call after_backward "
+                           "before after_step on every step")
+        grow, self._grow = self._grow, None
+        return grow
+
+    def grow_counts(self) -> GrowCounts | None:
+        """Per-layer regrowth counts for ``drop_grow_`` (None: each layer regrows what it dropped)."""
+        return None
 
     def _weights(self, state: TrainState) -> dict[str, torch.Tensor]:
         params = dict(state.model.named_parameters())

@@ -17,11 +17,13 @@ from drt.sparse.distributions import (
 from drt.sparse.dst import (
     DropGrowInfo,
     ExplorationTracker,
+    GrowCounts,
     cosine_drop_fraction,
     drop_grow_,
     grad_magnitude,
     granet_prune_,
     granet_sparsity,
+    redistribute,
     rigl_drop_fraction,
 )
 from drt.sparse.masks import MaskSet, prunable, zero_state_
@@ -37,9 +39,9 @@ from drt.sparse.scores import (
 )
 
 __all__ = [
-    "DISTRIBUTIONS", "KINDS", "DropGrowInfo", "ExplorationTracker", "MaskSet", "check_sparsity",
+    "DISTRIBUTIONS", "KINDS", "DropGrowInfo", "ExplorationTracker", "GrowCounts", "MaskSet", "check_sparsity",
     "cosine_drop_fraction", "drop_grow_", "force", "global_topk", "grad_magnitude", "granet_prune_",
     "granet_sparsity", "grasp_scores", "iterative_snip", "kept_total", "layer_counts", "layer_densities",
-    "magnitude_scores", "mask_info", "masks_from_scores", "prunable", "random_scores", "rigl_drop_fraction",
-    "snip_scores", "synflow_prune", "synflow_scores", "zero_state_",
+    "magnitude_scores", "mask_info", "masks_from_scores", "prunable", "random_scores", "redistribute",
+    "rigl_drop_fraction", "snip_scores", "synflow_prune", "synflow_scores", "zero_state_",
 ]

@@ -1,4 +1,4 @@
-"""Dynamic sparse training: one drop/grow update (SET, RigL = SET with a gradient grow score, GraNet).
+"""Dynamic sparse training: one drop/grow update (SET, RigL = SET with a gradient grow score, GraNet, SNFS).
 
 Every function is deterministic given its inputs and an explicit ``generator`` (identical on all
 ranks if gradients were all-reduced first). Pitfalls (spec "sparse-and-frozen"): newly grown
@@ -9,7 +9,7 @@ weights and their optimizer state start at zero (3); RigL grows by the *dense* g
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -20,6 +20,7 @@ from drt.sparse.distributions import global_topk
 from drt.sparse.masks import MaskSet, zero_state_
 
 DROPS = ("magnitude", "set")
+GrowCounts = Callable[[Mapping[str, int], Mapping[str, int]], Mapping[str, int]]
 
 
 @dataclass
@@ -72,16 +73,20 @@ def drop_grow_(
     *,
     drop: str = "magnitude",
     rounding: str = "floor",
+    grow_counts: GrowCounts | None = None,
 ) -> DropGrowInfo:
     """Per layer drop k active weights, then grow k among those inactive after the drop; in place.
 
-    ``drop="magnitude"`` (RigL, GraNet): k = floor (``rounding="ceil"``: GraNet) of
+    ``drop="magnitude"`` (RigL, GraNet, SNFS): k = floor (``rounding="ceil"``: GraNet, SNFS) of
     ``drop_fraction * n_active`` smallest |theta|, ties to the lower index. ``drop="set"`` (SET):
     see ``_drop_set``. Grow: largest ``grow_scores`` (|dense grad| for RigL; ``None`` = uniform
     random from ``generator``, SET), ties broken by a random permutation from ``generator``.
+    ``grow_counts(dropped, capacity)`` (SNFS's redistribution) sets how many each layer regrows
+    instead, given the per-layer dropped counts and inactive weights after the drop.
     Mutates ``weights``, ``masks`` and ``optimizer`` state: connections inactive before start at 0
     with zero state, dropped ones are zeroed, dropped-and-regrown ones keep value and state.
-    Per-layer active counts are unchanged. Evci et al. 2020; Mocanu et al. 2018; Liu et al. 2021.
+    Per-layer active counts are unchanged unless ``grow_counts`` moves them.
+    Evci et al. 2020; Mocanu et al. 2018; Liu et al. 2021; Dettmers & Zettlemoyer 2019.
     """
     if not 0.0 <= drop_fraction <= 1.0:
         raise DrtError(f"drop fraction must be in [0, 1], got {drop_fraction}")
@@ -98,9 +103,9 @@ def drop_grow_(
             raise DrtError(f"grow scores missing or of the wrong size for {', '.join(bad)}; "
                            f"need one score per weight of {', '.join(masks)}")
     info = DropGrowInfo()
+    after: dict[str, Tensor] = {}  # the active weights after the drop, per layer that takes part
     for name, old in masks.items():
-        w = weights[name]
-        flat_w = w.detach().reshape(-1).cpu()
+        flat_w = weights[name].detach().reshape(-1).cpu()
         active = old.reshape(-1).cpu()
         n_active = int(active.sum())
         if n_active == active.numel():  # a dense layer has nowhere to grow: nothing changes
@@ -112,22 +117,60 @@ def drop_grow_(
             raw = drop_fraction * n_active
             k = math.floor(raw) if rounding == "floor" else math.ceil(raw)
             dropped = _ranked(flat_w.abs(), active, k, False, None)
-        after = active & ~dropped
+        after[name], info.dropped[name] = active & ~dropped, k
+    counts = {n: info.dropped[n] for n in after}
+    if grow_counts is not None:
+        counts = dict(grow_counts(counts, {n: int((~a).sum()) for n, a in after.items()}))
+        too_many = [n for n in after if not 0 <= counts.get(n, -1) <= int((~after[n]).sum())]
+        if too_many:
+            raise DrtError(f"grow counts outside [0, inactive weights] for {', '.join(too_many)}")
+    for name, kept in after.items():
+        old, w = masks[name], weights[name]
         if grow_scores is None:
-            gs = torch.rand(flat_w.numel(), generator=generator, device=generator.device).cpu()
+            gs = torch.rand(w.numel(), generator=generator, device=generator.device).cpu()
         else:
             gs = grow_scores[name].reshape(-1)
-        tiebreak = torch.randperm(flat_w.numel(), generator=generator, device=generator.device).cpu()
-        grown = _ranked(gs, ~after, k, True, tiebreak)
-        new_mask = after | grown
-        fresh = grown & ~active
+        tiebreak = torch.randperm(w.numel(), generator=generator, device=generator.device).cpu()
+        grown = _ranked(gs, ~kept, counts[name], True, tiebreak)
+        new_mask = kept | grown
+        fresh = grown & ~old.reshape(-1).cpu()
         reset = (fresh | ~new_mask).reshape(w.shape).to(w.device)
         w.masked_fill_(reset, 0)
         if optimizer is not None:
             zero_state_(optimizer, w, reset)
         masks[name] = new_mask.reshape(old.shape).to(old.device)
-        info.dropped[name], info.grown[name], info.new[name] = k, int(grown.sum()), int(fresh.sum())
+        info.grown[name], info.new[name] = int(grown.sum()), int(fresh.sum())
     return info
+
+
+def redistribute(total: int, shares: Mapping[str, float], capacity: Mapping[str, int]) -> dict[str, int]:
+    """Split ``total`` regrown weights over layers in proportion to ``shares``, at most ``capacity``
+    each (water-filling: what a full layer cannot take goes to the others in proportion), integer
+    counts by largest remainder summing exactly to min(total, sum of capacities). SNFS's momentum
+    redistribution (Dettmers & Zettlemoyer 2019) with exact counts; zero shares split evenly."""
+    bad = [n for n in shares if not (math.isfinite(shares[n]) and shares[n] >= 0) or capacity.get(n, -1) < 0]
+    if bad or total < 0:
+        raise DrtError(f"redistribute needs total >= 0, finite shares >= 0 and capacities >= 0; "
+                       f"bad for {', '.join(bad) or f'total={total}'}")
+    target = min(total, sum(capacity[n] for n in shares))
+    quota = dict.fromkeys(shares, 0.0)
+    open_, left = [n for n in shares if capacity[n] > 0], float(target)
+    while open_:
+        weight = sum(shares[n] for n in open_)
+        q = {n: left * (shares[n] / weight if weight > 0 else 1 / len(open_)) for n in open_}
+        full = [n for n in open_ if q[n] >= capacity[n]]
+        if not full:
+            quota.update(q)
+            break
+        for n in full:
+            quota[n] = capacity[n]
+            left -= capacity[n]
+            open_.remove(n)
+    counts = {n: min(math.floor(quota[n]), capacity[n]) for n in shares}
+    room = sorted((n for n in shares if counts[n] < capacity[n]), key=lambda n: counts[n] - quota[n])
+    for n in room[:target - sum(counts.values())]:
+        counts[n] += 1
+    return counts
 
 
 def rigl_drop_fraction(step: int, alpha: float = 0.3, *, t_end: int) -> float:
