@@ -31,6 +31,7 @@ from drt.methods.dense import Dense
 from drt.methods.dst import DSTOptions, RigL
 from drt.methods.lottery import IMP, IMPOptions
 from drt.methods.pcn import PCN, PCNOptions
+from drt.methods.popup import EdgePopup, PopupOptions
 from drt.methods.prune_at_init import SNIP, ScoredOptions
 from drt.methods.snfs import SNFS
 from drt.methods.sparse_base import check_ranks_agree
@@ -51,12 +52,13 @@ CASES = {
     "snip": ("mnist5k", "lenet5", {"width": 40}, lambda: SNIP(ScoredOptions(sparsity=0.9)), None, 1),
     "rigl": ("digits", "mlp", {"hidden": [64, 32]}, lambda: RigL(DSTOptions(sparsity=0.8, delta_t=3)), None, 2),
     "snfs": ("digits", "mlp", {"hidden": [64, 32]}, lambda: SNFS(DSTOptions(sparsity=0.8)), None, 2),
+    "edge-popup": ("digits", "mlp", {"hidden": [64, 32]}, lambda: EdgePopup(PopupOptions(sparsity=0.5)), None, 1),
     "imp": ("mnist5k", "lenet5", {"width": 40}, lambda: IMP(IMPOptions(sparsity=0.5, imp_rounds=1)), None, 1),
     "cka-sr": ("digits", "mlp", {"hidden": [32, 32]}, Dense,
                lambda: CKASR(CKASROptions(cka_beta=0.5, cka_samples=8, cka_every=1)), 1),
     "bn": ("digits", "resnet20", {"width": 4}, Dense, None, 1),
 }
-EXACT = ("dense", "pcn", "snip", "rigl", "snfs", "imp")
+EXACT = ("dense", "pcn", "snip", "rigl", "snfs", "edge-popup", "imp")
 
 
 def _data(name: str):

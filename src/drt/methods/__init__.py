@@ -9,6 +9,7 @@ from drt.methods import (  # noqa: F401  (registers)
     granet,
     lottery,
     pcn,
+    popup,
     prune_at_init,
     snfs,
     torch_prune,

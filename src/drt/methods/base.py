@@ -53,6 +53,7 @@ class TrainState:
     y: torch.Tensor | None = None
     log: dict[str, Any] = field(default_factory=dict)  # method metrics for this epoch
     metrics: dict[str, Any] = field(default_factory=dict)  # this epoch's evaluation, for epoch_end hooks
+    grad_scaling: bool = False  # AMP's GradScaler is on: gradients outside the optimizer stay scaled
 
     @property
     def total_steps(self) -> int:

@@ -123,6 +123,7 @@ def train(
     setup_time = time.perf_counter() - t_setup  # pruning-at-init scoring, FreezeNet, ... (0 work on resume)
     total_epochs = method.total_epochs(cfg.epochs)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp and device.type == "cuda")
+    state.grad_scaling = scaler.is_enabled()
     history: list[dict[str, Any]] = []
     if resuming:
         payload = distributed.on_main(lambda: load_checkpoint(ckpt))  # every rank: rank 0's file

@@ -1,0 +1,147 @@
+"""Edge-popup (Ramanujan et al. 2020): no weight is ever trained; a score per weight picks a subnetwork.
+
+Every conv and linear weight is fixed at a random value W₀ (by default the paper's best, the signed
+Kaiming constant ±gain/√fan_in); other parameters (biases, BN γ and β) stay at their initial value
+(with BN's γ = 1, β = 0: the paper's non-affine BN). The method trains one real score s per weight;
+the layer computes with W₀ ⊙ h(|s|), h keeping the top (1 − sparsity) of each layer's scores
+(``--distribution``: uniform per layer as in the paper; erk or global also work, with exact counts).
+The gradient is straight-through: ∂L/∂s = sign(s) ⊙ W₀ ⊙ ∂L/∂W_eff, W_eff the weight the layer used.
+
+Mechanics without model surgery: the layer's ``weight`` parameter holds W₀ ⊙ h(|s|) (refreshed after
+every optimizer step), so the model, its checkpoints and its ``model.pt`` are plain; its gradient
+is dense (a leaf), gives the scores' gradient in ``after_backward`` and is then dropped; the optimizer
+holds only the scores (weight decay on scores, as the paper). Accounting: the trained dimension is
+the number of scores (one per conv/linear weight); the stored model is the mask plus the init seed.
+Deviations: scores start Kaiming-uniform from a generator seeded by the run (the paper: the global
+RNG); ``--popup-scale-fan`` (default on) scales fan_in by the kept fraction, as the paper's
+``scale_fan`` option; AMP's gradient scaling is refused (the weights' gradients are not unscaled).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from drt.analysis.cost import param_counts
+from drt.errors import DrtError
+from drt.methods.base import METHODS, Method, TrainState
+from drt.methods.sparse_base import check_ranks_agree
+from drt.options import opt
+from drt.sparse import DISTRIBUTIONS, MaskSet, check_sparsity, masks_from_scores, prunable
+
+WEIGHTS = ("signed-constant", "init")
+
+
+@dataclass(frozen=True)
+class PopupOptions:
+    sparsity: float = opt(0.5, "fraction of conv and linear weights left out of the subnetwork (1 - k)")
+    distribution: str | None = opt(None, "per-layer subnetwork sizes (default uniform, the paper's top-k% "
+                                         "per layer)", DISTRIBUTIONS)
+    popup_weights: str = opt("signed-constant", "the fixed weights: signed-constant (±gain/√fan_in, the "
+                                                "paper's best) or init (the model's own initialisation)", WEIGHTS)
+    popup_scale_fan: bool = opt(True, "signed-constant: fan_in times the kept fraction (the paper's scale_fan)")
+
+    def __post_init__(self) -> None:
+        check_sparsity(self.sparsity)
+        if self.popup_weights not in WEIGHTS:
+            raise DrtError(f"popup_weights must be one of {', '.join(WEIGHTS)}; got {self.popup_weights!r}")
+
+
+def signed_constant(weight: Tensor, kept: float = 1.0) -> Tensor:
+    """±gain/√(fan_in · kept) with the signs of ``weight`` (ReLU gain √2; Ramanujan et al. 2020)."""
+    fan = nn.init._calculate_correct_fan(weight, "fan_in") * kept
+    return weight.detach().sign() * (nn.init.calculate_gain("relu") / math.sqrt(max(fan, 1e-12)))
+
+
+@METHODS.register("edge-popup", help="edge-popup: weights fixed at random values, a trained score per weight "
+                                     "picks the top-k subnetwork (Ramanujan et al. 2020)")
+class EdgePopup(Method):
+    Options = PopupOptions
+
+    def __init__(self, options: PopupOptions | None = None) -> None:
+        super().__init__(options)
+        self.scores: dict[str, nn.Parameter] = {}
+        self.fixed: dict[str, Tensor] = {}  # W₀ of each scored weight
+        self.mask: MaskSet | None = None
+
+    @property
+    def distribution(self) -> str:
+        return self.options.distribution or "uniform"
+
+    def setup(self, state: TrainState) -> None:
+        o, weights = self.options, prunable(state.model)
+        if not weights:
+            raise DrtError(f"edge-popup: model {type(state.model).__name__} has no conv or linear weights")
+        g = torch.Generator().manual_seed(state.seed + 31)  # identical on every rank
+        for n, w in weights.items():
+            s = torch.empty(w.shape)
+            nn.init.kaiming_uniform_(s, a=math.sqrt(5), generator=g)  # the layers' own default init
+            self.scores[n] = nn.Parameter(s.to(w.device))
+            kept = 1.0 - o.sparsity if o.popup_scale_fan else 1.0
+            self.fixed[n] = signed_constant(w, kept) if o.popup_weights == "signed-constant" else w.detach().clone()
+        self.attach(state)
+        self.refresh(state)
+
+    def attach(self, state: TrainState) -> None:
+        for n, p in state.model.named_parameters():
+            p.requires_grad_(n in self.fixed)  # weights: for the gradient of the scores only
+
+    @torch.no_grad()
+    def refresh(self, state: TrainState) -> None:
+        """The top scores per layer become the mask; each weight becomes W₀ ⊙ mask."""
+        self.mask, _ = masks_from_scores({n: s.abs() for n, s in self.scores.items()}, self.options.sparsity,
+                                         self.distribution)
+        check_ranks_agree(self.mask, "edge-popup subnetwork")
+        params = dict(state.model.named_parameters())
+        for n, w0 in self.fixed.items():
+            params[n].copy_(w0 * self.mask[n].to(w0.device))
+
+    def param_groups(self, model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+        return [{"params": list(self.scores.values()), "weight_decay": weight_decay}]
+
+    def after_backward(self, state: TrainState) -> None:
+        if state.grad_scaling:
+            raise DrtError("edge-popup does not support AMP gradient scaling (drop --amp)")
+        params = dict(state.model.named_parameters())
+        for n, s in self.scores.items():
+            g = params[n].grad
+            s.grad = None if g is None else s.detach().sign() * self.fixed[n] * g  # straight-through
+            params[n].grad = None
+
+    def after_step(self, state: TrainState) -> None:
+        self.refresh(state)
+
+    def masks(self) -> dict[str, Tensor]:
+        return dict(self.mask) if self.mask is not None else {}
+
+    def frozen_masks(self) -> dict[str, Tensor]:
+        return {n: torch.zeros_like(m) for n, m in self.masks().items()}  # no weight is trained
+
+    def summary(self, state: TrainState) -> dict[str, Any]:
+        counts = param_counts(state.model, self.masks(), self.frozen_masks())
+        scores = sum(s.numel() for s in self.scores.values())
+        return {"sparsity_target": self.options.sparsity, "sparsity_achieved": self.mask.sparsity(),
+                "distribution": self.distribution, "popup_weights": self.options.popup_weights,
+                "scores_trained": scores, "params_trainable": counts["trainable"] + scores,
+                "params_total": counts["total"] + scores, "params_stored": 1 + math.ceil(scores / 32),
+                "stored_counts": "the init seed plus the subnetwork mask, one bit per conv/linear weight "
+                                 "(counted as 32-bit numbers)",
+                "trainable_counts": "one score per conv/linear weight; no weight is trained"}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"scores": {n: s.detach().clone() for n, s in self.scores.items()},
+                "fixed": {n: w.clone() for n, w in self.fixed.items()}}
+
+    def load_state_dict(self, state: dict[str, Any], model: nn.Module) -> nn.Module:
+        device = next(model.parameters()).device
+        self.scores = {n: nn.Parameter(s.to(device)) for n, s in state["scores"].items()}
+        self.fixed = {n: w.to(device) for n, w in state["fixed"].items()}
+        self.mask, _ = masks_from_scores({n: s.abs() for n, s in self.scores.items()}, self.options.sparsity,
+                                         self.distribution)
+        for n, p in model.named_parameters():
+            p.requires_grad_(n in self.fixed)
+        return model
