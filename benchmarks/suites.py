@@ -49,8 +49,11 @@ SUITES: dict[str, list[dict[str, Any]]] = {
     # issue 4: every sparse family at 90% and 98%
     "sparse-cifar": _sparse({**CIFAR, **SUBSET_EVAL, "model": "resnet20", "epochs": 8, "subset": 10000}, (0, 1)),
     "sparse-fmnist": _sparse(FMNIST, (0, 1)),
+    # edge-popup at the paper's k = 50% (it prunes half of a network whose weights are never trained)
     "sparse-own-settings": _grid({**CIFAR, **SUBSET_EVAL, "model": "resnet20", "epochs": 8, "subset": 10000},
-                                 [{"method": "earlybird", "eb_ratio": 0.5}, {"method": "bn-only"}], (0, 1)),
+                                 [{"method": "earlybird", "eb_ratio": 0.5}, {"method": "bn-only"},
+                                  {"method": "edge-popup", "sparsity": 0.5}], (0, 1))
+    + _grid(FMNIST, [{"method": "edge-popup", "sparsity": 0.5}], (0, 1)),
     # issue 5: the CKA-SR reference experiment at a CPU budget
     "cka-sr": _grid({**CIFAR, "model": "resnet20", "epochs": 10, "subset": 20000, "method": "random", "eval_every": 5,
                      "distribution": "erk"},

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from helpers import train_until
 
 import drt.methods  # noqa: F401  (registers set, rigl, granet)
 from drt.cli import main
@@ -152,10 +153,6 @@ def test_granet_follows_cubic_schedule_to_target_by_t_f(digits, s_i):
     assert method.mask.kept() == kept_total(n, s_f) and out.final["sparsity_achieved"] == method.mask.sparsity()
 
 
-class Interrupt(Exception):
-    pass
-
-
 @pytest.mark.parametrize("name", ["rigl", "set", "granet", "snfs"])
 def test_resume_matches_uninterrupted_run(digits, tmp_path, name):
     opts = (GraNetOptions if name == "granet" else DSTOptions)(sparsity=0.8, delta_t=5)
@@ -163,13 +160,7 @@ def test_resume_matches_uninterrupted_run(digits, tmp_path, name):
     full = train(_model(digits), digits, _cfg(epochs=4), full_method, device=CPU)
     ckpt = tmp_path / "ck.pt"
 
-    def stop(entry):
-        if entry["epoch"] == 2:
-            raise Interrupt
-
-    with pytest.raises(Interrupt):
-        train(_model(digits), digits, _cfg(epochs=4), METHODS.get(name)(opts), device=CPU, checkpoint=ckpt,
-              on_epoch=stop)
+    train_until(2, _model(digits), digits, _cfg(epochs=4), METHODS.get(name)(opts), device=CPU, checkpoint=ckpt)
     method = METHODS.get(name)(opts)
     resumed = train(_model(digits, seed=99), digits, _cfg(epochs=4), method, device=CPU, checkpoint=ckpt,
                     resume=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import train_until
 
 from drt.analysis.cost import param_counts
 from drt.cli import main
@@ -111,16 +112,7 @@ def test_freeze_layers_patterns_fraction_and_resume(digits, tmp_path):
     full = train(_model(digits, "conv4", width=8), digits, cfg, FreezeLayers(opts), device=CPU)
     method = FreezeLayers(opts)
 
-    class Stop(Exception):
-        pass
-
-    def stop(entry):
-        if entry["epoch"] == 1:
-            raise Stop
-
-    with pytest.raises(Stop):
-        train(_model(digits, "conv4", width=8), digits, cfg, method, device=CPU, checkpoint=tmp_path / "ck.pt",
-              on_epoch=stop)
+    train_until(1, _model(digits, "conv4", width=8), digits, cfg, method, device=CPU, checkpoint=tmp_path / "ck.pt")
     for n, m in method.frozen_masks().items():
         if n in method.whole:
             continue

@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from helpers import train_until
 
 from drt.analysis.cost import param_counts
 from drt.cli import main
@@ -134,10 +135,6 @@ def test_imp_lr_rewinding_keeps_trained_weights(digits, tmp_path):
     assert spy.lrs[spe] == spy.lrs[0] == 0.05
 
 
-class Interrupt(Exception):
-    pass
-
-
 def test_imp_resume_mid_round_is_bit_identical(digits, tmp_path):
     cfg = TrainConfig(epochs=2, batch_size=64, lr=0.05, seed=2)
     opts = IMPOptions(sparsity=0.36, rewind="3")  # p = 0.2, 2 rounds, 6 epochs
@@ -145,13 +142,8 @@ def test_imp_resume_mid_round_is_bit_identical(digits, tmp_path):
     full = train(_mlp(digits), digits, cfg, IMP(opts), device=CPU, checkpoint=tmp_path / "a" / "ck.pt")
     assert len(full.history) == 6
 
-    def stop(entry):
-        if entry["epoch"] == 3:
-            raise Interrupt
-
     ckpt = tmp_path / "b" / "ck.pt"
-    with pytest.raises(Interrupt):
-        train(_mlp(digits), digits, cfg, IMP(opts), device=CPU, checkpoint=ckpt, on_epoch=stop)
+    train_until(3, _mlp(digits), digits, cfg, IMP(opts), device=CPU, checkpoint=ckpt)
     resumed = train(_mlp(digits, seed=7), digits, cfg, IMP(opts), device=CPU, checkpoint=ckpt, resume=True)
     for (name, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
@@ -247,12 +239,7 @@ def test_earlybird_draws_a_ticket_and_keeps_pruned_channels_zero(digits, tmp_pat
     # training went on after the ticket: the surviving weights still moved in the last epoch
     assert result.history[-1]["train_loss"] != result.history[-2]["train_loss"]
 
-    def stop(entry):
-        if entry["epoch"] == 2:
-            raise Interrupt
-
-    with pytest.raises(Interrupt):
-        train(_resnet(digits), digits, cfg, EarlyBird(opts), device=CPU, checkpoint=tmp_path / "ck.pt", on_epoch=stop)
+    train_until(2, _resnet(digits), digits, cfg, EarlyBird(opts), device=CPU, checkpoint=tmp_path / "ck.pt")
     resumed = train(_resnet(digits, 5), digits, cfg, EarlyBird(opts), device=CPU, checkpoint=tmp_path / "ck.pt",
                     resume=True)
     for (n, a), b in zip(result.model.state_dict().items(), resumed.model.state_dict().values(), strict=True):

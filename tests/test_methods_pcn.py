@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import train_until
 
 from drt.errors import DrtError
 from drt.experiments.config import make_config
@@ -56,21 +57,12 @@ def test_transform_after_epoch_keeps_schedule_and_freezes_basis(digits):
     assert out.final["train_time"] == pytest.approx(steps + out.final["method_time"])
 
 
-class Stop(Exception):
-    pass
-
-
 def test_resume_after_transform_is_identical(digits, tmp_path):
     opts = PCNOptions(pcn_epoch="1", pcn_keep="0.9", pcn_output=True)
     full = train(_model(digits), digits, _cfg(), PCN(opts), device=CPU)
     ckpt = tmp_path / "ck.pt"
 
-    def stop(entry):
-        if entry["epoch"] == 2:
-            raise Stop
-
-    with pytest.raises(Stop):
-        train(_model(digits), digits, _cfg(), PCN(opts), device=CPU, checkpoint=ckpt, on_epoch=stop)
+    train_until(2, _model(digits), digits, _cfg(), PCN(opts), device=CPU, checkpoint=ckpt)
     resumed = train(_model(digits, seed=5), digits, _cfg(), PCN(opts), device=CPU, checkpoint=ckpt, resume=True)
     a, b = full.model.state_dict(), resumed.model.state_dict()
     assert a.keys() == b.keys()

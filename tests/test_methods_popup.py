@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from helpers import train_until
 from torch import nn
 
 from drt.cli import main
@@ -72,22 +73,13 @@ def test_weights_are_never_trained_and_subnetworks_have_exact_sizes(digits):
     assert out.final["flops_effective"] < 0.35 * out.final["flops"]
 
 
-class Interrupt(Exception):
-    pass
-
-
 def test_resume_matches_uninterrupted_run(digits, tmp_path):
     full_method = EdgePopup(PopupOptions(sparsity=0.5))
     full = train(_mlp(digits), digits, _cfg(epochs=3), full_method, device=CPU)
     ckpt = tmp_path / "ck.pt"
 
-    def stop(entry):
-        if entry["epoch"] == 1:
-            raise Interrupt
-
-    with pytest.raises(Interrupt):
-        train(_mlp(digits), digits, _cfg(epochs=3), EdgePopup(PopupOptions(sparsity=0.5)), device=CPU,
-              checkpoint=ckpt, on_epoch=stop)
+    train_until(1, _mlp(digits), digits, _cfg(epochs=3), EdgePopup(PopupOptions(sparsity=0.5)), device=CPU,
+                checkpoint=ckpt)
     method = EdgePopup(PopupOptions(sparsity=0.5))
     resumed = train(_mlp(digits, seed=9), digits, _cfg(epochs=3), method, device=CPU, checkpoint=ckpt, resume=True)
     for (n, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values(), strict=True):

@@ -6,6 +6,7 @@ import copy
 
 import pytest
 import torch
+from helpers import stop_at, train_until
 from torch import nn
 
 from drt.data import load
@@ -20,17 +21,6 @@ from drt.models import create
 from drt.train import TrainConfig, train
 
 CPU = torch.device("cpu")
-
-
-class Stop(Exception):
-    pass
-
-
-def _stop_at(epoch):
-    def stop(entry):
-        if entry["epoch"] == epoch:
-            raise Stop
-    return stop
 
 
 def _cfg(**kw):
@@ -112,9 +102,7 @@ def test_tp_channel_resume_rebuilds_the_pruned_architecture(digits, tmp_path):
     cfg = _cfg(epochs=3)
     full = train(_model("resnet20", digits, width=4), digits, cfg, TPChannel(opts), device=CPU)
     ckpt = tmp_path / "ck.pt"
-    with pytest.raises(Stop):
-        train(_model("resnet20", digits, width=4), digits, cfg, TPChannel(opts), device=CPU, checkpoint=ckpt,
-              on_epoch=_stop_at(2))
+    train_until(2, _model("resnet20", digits, width=4), digits, cfg, TPChannel(opts), device=CPU, checkpoint=ckpt)
     at_stop = torch.load(ckpt, weights_only=True)["model"]
     resumed = train(_model("resnet20", digits, seed=7, width=4), digits, cfg, TPChannel(opts), device=CPU,
                     checkpoint=ckpt, resume=True)
@@ -153,7 +141,7 @@ def test_tp_channel_refuses_before_training(digits, name, kw, opts, match):
     model = _model(name, digits, **kw)
     with pytest.raises(DrtError, match=match) as err:
         train(model, digits, _cfg(), TPChannel(TPChannelOptions(**opts)), device=CPU,
-              on_epoch=_stop_at(1))  # an error must come from setup, not after an epoch
+              on_epoch=stop_at(1))  # an error must come from setup, not after an epoch
     assert "\n" not in str(err.value)
 
 
@@ -215,9 +203,7 @@ def test_torch_prune_accounting_and_resume(digits, tmp_path):
     zeros = sum(int((m.weight == 0).sum()) for m in full.model.modules() if isinstance(m, nn.Linear))
     assert zeros >= masked
     ckpt = tmp_path / "ck.pt"
-    with pytest.raises(Stop):
-        train(_model("mlp", digits), digits, cfg, TorchPrune(opts), device=CPU, checkpoint=ckpt,
-              on_epoch=_stop_at(1))
+    train_until(1, _model("mlp", digits), digits, cfg, TorchPrune(opts), device=CPU, checkpoint=ckpt)
     assert any(k.endswith("weight_orig") for k in torch.load(ckpt, weights_only=True)["model"])
     resumed = train(_model("mlp", digits, seed=3), digits, cfg, TorchPrune(opts), device=CPU, checkpoint=ckpt,
                     resume=True)

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from helpers import Interrupted, train_until
 
 from drt.errors import DrtError
 from drt.experiments.config import make_config
@@ -34,23 +35,14 @@ def _model(digits, seed=0):
     return create("mlp", digits.input_shape, digits.num_classes, hidden=[32])
 
 
-class Interrupt(Exception):
-    pass
-
-
 def test_resume_matches_uninterrupted_run(digits, tmp_path):
     cfg = TrainConfig(epochs=4, batch_size=64, lr=0.05, seed=3)
     full = train(_model(digits), digits, cfg, Dense(), device=torch.device("cpu"), augment="crop-flip")
 
     ckpt = tmp_path / "ck.pt"
 
-    def stop_after_two(entry):
-        if entry["epoch"] == 2:
-            raise Interrupt
-
-    with pytest.raises(Interrupt):
-        train(_model(digits), digits, cfg, Dense(), device=torch.device("cpu"), augment="crop-flip",
-              checkpoint=ckpt, on_epoch=stop_after_two)
+    train_until(2, _model(digits), digits, cfg, Dense(), device=torch.device("cpu"), augment="crop-flip",
+                checkpoint=ckpt)
     assert load_checkpoint(ckpt)["epoch"] == 2
     # a fresh process would build a fresh (differently initialised) model: resume must not care
     resumed = train(_model(digits, seed=99), digits, cfg, Dense(), device=torch.device("cpu"),
@@ -90,7 +82,7 @@ def test_corrupted_checkpoint_is_a_clear_error(tmp_path, damage):
 
 def test_checkpoint_refuses_code_execution(tmp_path):
     path = tmp_path / "ck.pt"
-    torch.save({"model": {}, "epoch": 1, "evil": Interrupt}, path)  # a class needs unpickling of code
+    torch.save({"model": {}, "epoch": 1, "evil": Interrupted}, path)  # a class needs unpickling of code
     with pytest.raises(DrtError, match="corrupted"):
         load_checkpoint(path)
 
