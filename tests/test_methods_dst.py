@@ -6,7 +6,6 @@ import math
 
 import pytest
 import torch
-from helpers import train_until
 
 import drt.methods  # noqa: F401  (registers set, rigl, granet)
 from drt.cli import main
@@ -19,6 +18,8 @@ from drt.methods.snfs import SNFS
 from drt.models import create
 from drt.sparse import kept_total, redistribute
 from drt.train import TrainConfig, train
+
+from helpers import train_until
 
 CPU = torch.device("cpu")
 STEPS_PER_EPOCH = 23  # digits: 1438 training images at batch 64

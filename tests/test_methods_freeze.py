@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import train_until
 
 from drt.analysis.cost import param_counts
 from drt.cli import main
@@ -21,6 +20,8 @@ from drt.methods.freeze import (
 from drt.models import create
 from drt.sparse import kept_total, prunable
 from drt.train import TrainConfig, train
+
+from helpers import train_until
 
 CPU = torch.device("cpu")
 SEED = 3

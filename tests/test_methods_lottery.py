@@ -7,7 +7,6 @@ import math
 
 import pytest
 import torch
-from helpers import train_until
 
 from drt.analysis.cost import param_counts
 from drt.cli import main
@@ -25,6 +24,8 @@ from drt.methods.lottery import IMP, IMPOptions, imp_schedule
 from drt.models import create
 from drt.sparse import kept_total, prunable
 from drt.train import TrainConfig, train
+
+from helpers import train_until
 
 CPU = torch.device("cpu")
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import train_until
 
 from drt.errors import DrtError
 from drt.experiments.config import make_config
@@ -14,6 +13,8 @@ from drt.methods.pcn import PCN, PCNOptions, parse_keep
 from drt.models import create
 from drt.pcn import pcn_layers
 from drt.train import TrainConfig, train
+
+from helpers import train_until
 
 CPU = torch.device("cpu")
 

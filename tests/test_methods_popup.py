@@ -6,7 +6,6 @@ import math
 
 import pytest
 import torch
-from helpers import train_until
 from torch import nn
 
 from drt.cli import main
@@ -17,6 +16,8 @@ from drt.methods.popup import EdgePopup, PopupOptions, signed_constant
 from drt.models import create
 from drt.sparse import prunable
 from drt.train import TrainConfig, train
+
+from helpers import train_until
 
 CPU = torch.device("cpu")
 

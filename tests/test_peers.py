@@ -6,7 +6,6 @@ import copy
 
 import pytest
 import torch
-from helpers import stop_at, train_until
 from torch import nn
 
 from drt.data import load
@@ -19,6 +18,8 @@ from drt.methods.torch_prune import TorchPrune, TorchPruneOptions
 from drt.methods.tp_channel import TPChannel, TPChannelOptions, prune_channels, replay_, trainable, widths
 from drt.models import create
 from drt.train import TrainConfig, train
+
+from helpers import stop_at, train_until
 
 CPU = torch.device("cpu")
 

@@ -6,7 +6,6 @@ import math
 
 import pytest
 import torch
-from helpers import Interrupted, train_until
 
 from drt.errors import DrtError
 from drt.experiments.config import make_config
@@ -16,6 +15,8 @@ from drt.methods.dense import Dense
 from drt.models import create
 from drt.train import TrainConfig, lr_at, train
 from drt.train.checkpoint import load_checkpoint
+
+from helpers import Interrupted, train_until
 
 
 def test_lr_schedules_follow_absolute_epochs():
