@@ -85,17 +85,32 @@ class EdgePopup(Method):
             self.fixed[n] = signed_constant(w, kept) if o.popup_weights == "signed-constant" else w.detach().clone()
         self.attach(state)
         self.refresh(state)
+        check_ranks_agree(self.mask, "edge-popup subnetwork at setup")
+
+    def epoch_end(self, state: TrainState) -> None:
+        check_ranks_agree(self.mask, f"edge-popup subnetwork after epoch {state.epoch}")
 
     def attach(self, state: TrainState) -> None:
         for n, p in state.model.named_parameters():
             p.requires_grad_(n in self.fixed)  # weights: for the gradient of the scores only
 
+    def subnetwork(self) -> MaskSet:
+        """The largest |scores|: per layer at the counts of the first choice (they never change), or
+        under one global threshold (``--distribution global``)."""
+        scores = {n: s.detach().abs() for n, s in self.scores.items()}
+        if self.mask is None or self.distribution == "global":
+            return masks_from_scores(scores, self.options.sparsity, self.distribution)[0]
+        out = {}
+        for n, s in scores.items():
+            m = torch.zeros(s.numel(), dtype=torch.bool, device=s.device)
+            m[torch.topk(s.reshape(-1), int(self.mask[n].sum()), sorted=False).indices] = True
+            out[n] = m.reshape(s.shape)
+        return MaskSet(out)
+
     @torch.no_grad()
     def refresh(self, state: TrainState) -> None:
         """The top scores per layer become the mask; each weight becomes W₀ ⊙ mask."""
-        self.mask, _ = masks_from_scores({n: s.abs() for n, s in self.scores.items()}, self.options.sparsity,
-                                         self.distribution)
-        check_ranks_agree(self.mask, "edge-popup subnetwork")
+        self.mask = self.subnetwork()
         params = dict(state.model.named_parameters())
         for n, w0 in self.fixed.items():
             params[n].copy_(w0 * self.mask[n].to(w0.device))
@@ -140,8 +155,9 @@ class EdgePopup(Method):
         device = next(model.parameters()).device
         self.scores = {n: nn.Parameter(s.to(device)) for n, s in state["scores"].items()}
         self.fixed = {n: w.to(device) for n, w in state["fixed"].items()}
-        self.mask, _ = masks_from_scores({n: s.abs() for n, s in self.scores.items()}, self.options.sparsity,
-                                         self.distribution)
+        self.mask = masks_from_scores({n: s.detach().abs() for n, s in self.scores.items()}, self.options.sparsity,
+                                      self.distribution)[0]  # the counts; then the current subnetwork
+        self.mask = self.subnetwork()
         for n, p in model.named_parameters():
             p.requires_grad_(n in self.fixed)
         return model
