@@ -1,4 +1,4 @@
-"""SET, RigL, GraNet and SNFS through the real loop on digits: counts, schedules, zero state, resume, CLI."""
+"""SET, RigL, ITOP, GraNet and SNFS through the real loop on digits: counts, schedules, zero state, resume, CLI."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from drt.cli import main
 from drt.errors import DrtError
 from drt.experiments.store import Store
 from drt.methods import METHODS, Method
-from drt.methods.dst import DSTOptions, RigL
+from drt.methods.dst import ITOP, DSTOptions, ITOPOptions, RigL
 from drt.methods.granet import GraNet, GraNetOptions
 from drt.methods.snfs import SNFS
 from drt.models import create
@@ -219,6 +219,29 @@ def test_snfs_redistributes_by_momentum_each_epoch_and_keeps_the_total(digits):
     assert out.final["sparsity_achieved"] == method.mask.sparsity() and out.final["updates"] == 2
 
 
+def test_itop_updates_to_the_end_on_the_whole_run_cosine_and_keeps_counts(digits):
+    runs = {}
+    for grow in ("gradient", "random"):
+        method = ITOP(ITOPOptions(sparsity=0.8, delta_t=5, itop_grow=grow))
+        probe = Probe(method)  # per-layer counts constant, fresh weights and their state start at 0
+        out = train(_model(digits), digits, _cfg(), method, [probe], device=CPU)
+        runs[grow] = (method, probe, out)
+    total = 3 * STEPS_PER_EPOCH
+    method, probe, out = runs["gradient"]
+    assert [u["step"] for u in method.updates] == list(range(5, total, 5))  # to the end, not at the last step
+    for u in method.updates:
+        p_t = 0.005 + (0.5 - 0.005) / 2 * (1 + math.cos(math.pi * u["step"] / total))
+        assert u["fraction"] == pytest.approx(p_t, abs=1e-15)
+        assert u["dropped"] == {n: math.ceil(p_t * a) if a < probe.start[n].numel() else 0
+                                for n, a in u["active"].items()}
+    rigl = RigL(DSTOptions(sparsity=0.8, delta_t=5))
+    train(_model(digits), digits, _cfg(), rigl, device=CPU)
+    assert out.final["exploration_rate"] > rigl.tracker.rate()  # the point of ITOP: more weights explored
+    random_method, random_probe, _ = runs["random"]
+    assert all(torch.equal(random_probe.start[n], m) for n, m in probe.start.items())  # same start
+    assert random_method.mask != method.mask and random_method.mask.kept() == method.mask.kept()
+
+
 def test_delta_t_too_large_is_clamped_with_a_warning(digits):
     method = RigL(DSTOptions(sparsity=0.8))  # default delta_t = 100 > the 17-step window of one epoch
     with pytest.warns(UserWarning, match="delta_t=100 steps leaves no update.*using delta_t=8"):
@@ -257,6 +280,7 @@ def test_cli_trains_rigl_and_rejects_bad_options(capsys, results):
         (["--method", "granet", "--sparsity", "0.8", "--granet-initial", "0.9"], "granet_initial must be in"),
         (["--method", "rigl", "--granet-initial", "0.5"], "do not apply to method 'rigl'"),
         (["--method", "snfs", "--alpha", "0"], "alpha (drop fraction) must be in (0, 1]"),
+        (["--method", "itop", "--itop-grow", "momentum"], "invalid choice: 'momentum'"),
     ]:
         code = main([*TINY, *argv, "--results-dir", str(results)])
         _, err = capsys.readouterr()

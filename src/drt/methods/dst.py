@@ -1,4 +1,4 @@
-"""Dynamic sparse training: SET, RigL and GraNet as one drop/grow plug-in (survey §DST).
+"""Dynamic sparse training: SET, RigL, ITOP (here), GraNet and SNFS (own modules) as one drop/grow plug-in.
 
 One class does the work (``DynamicSparse``): a random start mask at the layer densities, then every
 ΔT optimizer steps a per-layer drop/grow update (``drt.sparse.drop_grow_``). The methods differ only
@@ -33,6 +33,7 @@ from drt.sparse import (
     ExplorationTracker,
     GrowCounts,
     MaskSet,
+    cosine_drop_fraction,
     drop_grow_,
     grad_magnitude,
     masks_from_scores,
@@ -256,3 +257,41 @@ class RigL(DynamicSparse):
 
     def drop_fraction(self, step: int, plan: Plan) -> float:
         return rigl_drop_fraction(step, self.alpha, t_end=plan.end)
+
+
+class WholeRunCosine(DynamicSparse):
+    """The ``sparse_learning`` schedule (SNFS, ITOP): updates to the end of training, per layer
+    ⌈p_t·n_active⌉ dropped, p_t cosine from α = 0.5 to 0.005 over all steps."""
+
+    default_alpha = 0.5
+    default_t_end = 1.0
+    rounding = "ceil"
+
+    def drop_fraction(self, step: int, plan: Plan) -> float:
+        return cosine_drop_fraction(step, self.alpha, t_total=plan.total)
+
+
+@dataclass(frozen=True)
+class ITOPOptions(DSTOptions):
+    itop_grow: str = opt("gradient", "ITOP growth: gradient (RigL-ITOP, dense |gradient|) or random (SET-ITOP)",
+                         ("gradient", "random"))
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.itop_grow not in ("gradient", "random"):
+            raise DrtError(f"itop_grow must be gradient or random, got {self.itop_grow!r}")
+
+
+@METHODS.register("itop", help="In-Time Over-Parameterization: RigL (or SET) with ΔT = 1500 and drop rate 0.5 "
+                               "cosine over all of training, exploring most weights (Liu et al. 2021)")
+class ITOP(WholeRunCosine):
+    """ITOP as its reference code runs it (``--update_frequency 1500 --death magnitude --redistribution
+    none``, ERK start): magnitude drop, growth by dense |gradient| or at random, every ΔT steps to the end.
+    The exploration rate (fraction of weights ever active) is in every DST run's summary."""
+
+    Options = ITOPOptions
+    default_delta_t = 1500
+
+    @property
+    def grow_by_gradient(self) -> bool:  # type: ignore[override]
+        return self.options.itop_grow == "gradient"

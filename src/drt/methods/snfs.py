@@ -8,8 +8,8 @@ import torch
 
 from drt.errors import DrtError
 from drt.methods.base import METHODS, TrainState
-from drt.methods.dst import DynamicSparse, Plan
-from drt.sparse import GrowCounts, cosine_drop_fraction, redistribute
+from drt.methods.dst import WholeRunCosine
+from drt.sparse import GrowCounts, redistribute
 
 
 def momentum_coefficient(optimizer: torch.optim.Optimizer | None) -> float:
@@ -22,7 +22,7 @@ def momentum_coefficient(optimizer: torch.optim.Optimizer | None) -> float:
 @METHODS.register("snfs", help="Sparse momentum (SNFS): each epoch drop the smallest |θ| (rate 0.5, cosine), "
                                "regrow by dense |momentum|, redistributed over layers by their mean "
                                "|momentum| (Dettmers & Zettlemoyer 2019)")
-class SNFS(DynamicSparse):
+class SNFS(WholeRunCosine):
     """SNFS as in the reference code (``sparse_learning``): at every epoch end but the last, per layer
     drop ⌈p_t·n_active⌉ smallest |θ| (p_t cosine from 0.5 to 0.005 over all steps); the total
     dropped is regrown across layers in proportion to each layer's mean |momentum| over its active
@@ -38,9 +38,6 @@ class SNFS(DynamicSparse):
     """
 
     default_delta_t = None  # one epoch
-    default_alpha = 0.5
-    default_t_end = 1.0
-    rounding = "ceil"
     grow_by_gradient = False  # grows by momentum instead
 
     def __init__(self, options: Any = None) -> None:
@@ -50,9 +47,6 @@ class SNFS(DynamicSparse):
     def setup(self, state: TrainState) -> None:
         super().setup(state)
         self.momentum = {n: torch.zeros_like(p) for n, p in self._weights(state).items()}
-
-    def drop_fraction(self, step: int, plan: Plan) -> float:
-        return cosine_drop_fraction(step, self.alpha, t_total=plan.total)
 
     def after_backward(self, state: TrainState) -> None:
         """Accumulate the dense gradient's momentum (before masking); a non-finite step is left out."""
