@@ -18,7 +18,7 @@ FMNIST = {"dataset": "fashion-mnist", "model": "lenet5", "epochs": 15, "batch_si
 SPARSE_METHODS: list[dict[str, Any]] = [
     {"method": "random"}, {"method": "snip"}, {"method": "grasp"}, {"method": "synflow"},
     {"method": "set"}, {"method": "rigl"}, {"method": "granet"},
-    {"method": "imp", "imp_rounds": 4}, {"method": "freezenet"}, {"method": "snfs"},
+    {"method": "imp", "imp_rounds": 4}, {"method": "freezenet"}, {"method": "snfs"}, {"method": "itop"},
 ]
 # 99% explained variance per layer, capped by a global budget of 30% of the trainable parameters (>= 3.3x fewer)
 PCN_VGG = {"method": "pcn", "pcn_epoch": "2", "pcn_keep": "0.99", "pcn_budget": 0.3}
