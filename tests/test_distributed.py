@@ -35,6 +35,7 @@ from drt.methods.popup import EdgePopup, PopupOptions
 from drt.methods.prune_at_init import SNIP, ScoredOptions
 from drt.methods.snfs import SNFS
 from drt.methods.sparse_base import check_ranks_agree
+from drt.methods.subspace import Subspace, SubspaceOptions
 from drt.models import create
 from drt.sparse import MaskSet
 from drt.train import TrainConfig, train
@@ -53,12 +54,13 @@ CASES = {
     "rigl": ("digits", "mlp", {"hidden": [64, 32]}, lambda: RigL(DSTOptions(sparsity=0.8, delta_t=3)), None, 2),
     "snfs": ("digits", "mlp", {"hidden": [64, 32]}, lambda: SNFS(DSTOptions(sparsity=0.8)), None, 2),
     "edge-popup": ("digits", "mlp", {"hidden": [64, 32]}, lambda: EdgePopup(PopupOptions(sparsity=0.5)), None, 1),
+    "subspace": ("digits", "mlp", {"hidden": [32]}, lambda: Subspace(SubspaceOptions(subspace_dim=200)), None, 1),
     "imp": ("mnist5k", "lenet5", {"width": 40}, lambda: IMP(IMPOptions(sparsity=0.5, imp_rounds=1)), None, 1),
     "cka-sr": ("digits", "mlp", {"hidden": [32, 32]}, Dense,
                lambda: CKASR(CKASROptions(cka_beta=0.5, cka_samples=8, cka_every=1)), 1),
     "bn": ("digits", "resnet20", {"width": 4}, Dense, None, 1),
 }
-EXACT = ("dense", "pcn", "snip", "rigl", "snfs", "edge-popup", "imp")
+EXACT = ("dense", "pcn", "snip", "rigl", "snfs", "edge-popup", "subspace", "imp")
 
 
 def _data(name: str):

@@ -52,6 +52,8 @@ def method_lines(m: dict[str, Any]) -> list[str]:
         ks = ", ".join(f"{n} {v['k']}/{v['d']}" for n, v in m["pcn_layers"].items())
         lines.append(f"PCN transform after epoch {m['pcn_epoch']}: trainable {m['params_before_pcn']:,} -> "
                      f"{m['params_trainable']:,}; frozen basis numbers {m['params_frozen']:,}; k/d: {ks}")
-    if m.get("params_frozen") and not m.get("pcn_layers"):
+    if m.get("trainable_counts"):  # methods that train something other than the model's own entries
+        lines.append(f"trained: {m['trainable_counts']}; stored: {m.get('stored_counts', '-')}")
+    elif m.get("params_frozen") and not m.get("pcn_layers"):
         lines.append(f"frozen (kept at init, never trained): {m['params_frozen']:,} of {m['params_total']:,}")
     return lines

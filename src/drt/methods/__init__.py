@@ -12,6 +12,7 @@ from drt.methods import (  # noqa: F401  (registers)
     popup,
     prune_at_init,
     snfs,
+    subspace,
     torch_prune,
     tp_channel,
 )
