@@ -242,6 +242,55 @@ def test_itop_updates_to_the_end_on_the_whole_run_cosine_and_keeps_counts(digits
     assert random_method.mask != method.mask and random_method.mask.kept() == method.mask.kept()
 
 
+def test_snfs_guard_keeps_a_starved_layer():
+    class Net(torch.nn.Module):  # layer a's output is damped: its momentum share is ~0, the split would empty it
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.c = torch.nn.Linear(8, 8), torch.nn.Linear(8, 64), torch.nn.Linear(64, 3)
+
+        def forward(self, x):
+            return self.c(torch.relu(self.b(1e-3 * torch.relu(self.a(x)) + x)))
+
+    from drt.methods import Driver
+
+    torch.manual_seed(0)
+    x, y = torch.randn(256, 8), torch.randint(0, 3, (256,))
+    batches = [(x[i:i + 32], y[i:i + 32]) for i in range(0, 256, 32)]
+    for guard in (True, False):
+        method = SNFS(DSTOptions(sparsity=0.9, guard=guard))
+        drv = Driver(method, Net(), lambda g: torch.optim.SGD(g, lr=0.1, momentum=0.9), batches=lambda: iter(batches),
+                     epochs=6, steps_per_epoch=len(batches), input_shape=(8,), num_classes=3)
+        for _ in range(6):
+            for xb, yb in batches:
+                loss = drv.loss(drv.net(xb), yb)
+                drv.optimizer.zero_grad()
+                loss.backward()
+                drv.step()
+            drv.end_epoch()
+        summary = method.summary(drv.state)
+        if guard:
+            assert method.mask.kept("a.weight") >= 1 and summary["guard_fired"] == ["a.weight"]
+        else:
+            assert method.mask.kept("a.weight") == 0 and summary["guard_fired"] == []  # what the guard prevents
+        assert method.mask.kept() == kept_total(method.mask.numel(), 0.9)
+
+
+def test_snfs_full_layers_keep_exchanging(digits):
+    method = SNFS(DSTOptions(sparsity=0.5))
+    train(_model(digits), digits, _cfg(epochs=3), method, device=CPU)
+    numel = {n: m.numel() for n, m in method.mask.items()}
+    full = [(u, n) for u in method.updates for n, a in u["active"].items() if a == numel[n]]
+    assert full  # the classifier fills up at the first update here
+    assert all(u["dropped"][n] > 0 for u, n in full)  # and still drops its share and competes for regrowth
+
+
+def test_per_epoch_updates_never_move_into_an_epoch(digits):
+    method = SNFS(DSTOptions(sparsity=0.8))
+    with pytest.warns(UserWarning, match="holds no epoch end; the mask stays fixed"):
+        train(_model(digits), digits, _cfg(epochs=1), method, device=CPU)
+    assert method.updates == []
+
+
 def test_delta_t_too_large_is_clamped_with_a_warning(digits):
     method = RigL(DSTOptions(sparsity=0.8))  # default delta_t = 100 > the 17-step window of one epoch
     with pytest.warns(UserWarning, match="delta_t=100 steps leaves no update.*using delta_t=8"):

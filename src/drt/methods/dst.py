@@ -41,6 +41,7 @@ from drt.sparse import (
     random_scores,
     rigl_drop_fraction,
 )
+from drt.sparse.distributions import dense_names
 
 
 @dataclass(frozen=True)
@@ -111,18 +112,20 @@ class DynamicSparse(SparseMethod):
     def plan(self, state: TrainState) -> Plan:
         """ΔT and the window end in steps; cached. Warns (once per process) when ΔT is clamped.
 
-        T_end = round(t_end * total steps) (at least 1). If ΔT exceeds the window, no update would
-        happen: ΔT becomes max(1, window // 2) so that at least one (RigL: at α/2) does.
+        T_end = round(t_end * total steps) (at least 1). If a ΔT in steps exceeds the window, no update
+        would happen: ΔT becomes max(1, window // 2) so that at least one (RigL: at α/2) does. Updates
+        at epoch ends (SET, SNFS) are never moved into an epoch: a run too short for one has none.
         """
         if self._plan is None:
             total = state.total_steps
             end = max(1, math.floor(self.t_end * total + 0.5))
+            per_epoch = not (self.options.delta_t or self.default_delta_t)
             dt = self.options.delta_t or self.default_delta_t or state.steps_per_epoch
             last = self.last_window_step(end)
             name = type(self).__name__
-            if last < 1:
-                warnings.warn(f"{name}: the update window (t_end={self.t_end} of {total} steps) holds no step; "
-                              "the mask stays fixed", stacklevel=2)
+            if last < 1 or (per_epoch and dt > last):
+                warnings.warn(f"{name}: the update window (t_end={self.t_end} of {total} steps) holds no "
+                              f"{'epoch end' if per_epoch else 'step'}; the mask stays fixed", stacklevel=2)
             elif dt > last:
                 warnings.warn(f"{name}: delta_t={dt} steps leaves no update within the first {last} of {total} "
                               f"steps (t_end={self.t_end}); using delta_t={max(1, last // 2)}", stacklevel=2)
@@ -185,7 +188,8 @@ class DynamicSparse(SparseMethod):
         fraction = self.drop_fraction(step, plan)
         active = {n: self.mask.kept(n) for n in self.mask}
         info = drop_grow_(weights, self.mask, fraction, grow, self.generator, state.optimizer,
-                          drop=self.drop_rule, rounding=self.rounding, grow_counts=self.grow_counts())
+                          drop=self.drop_rule, rounding=self.rounding, grow_counts=self.grow_counts(),
+                          fixed=dense_names(list(self.mask), self.options.dense_first, self.options.dense_last))
         check_ranks_agree(self.mask, f"{type(self).__name__} update at step {step}")
         self.tracker.update(self.mask)
         record.update(fraction=fraction, active=active, dropped=info.dropped, new=info.new)

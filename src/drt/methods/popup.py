@@ -13,8 +13,9 @@ is dense (a leaf), gives the scores' gradient in ``after_backward`` and is then 
 holds only the scores (weight decay on scores, as the paper). Accounting: the trained dimension is
 the number of scores (one per conv/linear weight); the stored model is the mask plus the init seed.
 Deviations: scores start Kaiming-uniform from a generator seeded by the run (the paper: the global
-RNG); ``--popup-scale-fan`` (default on) scales fan_in by the kept fraction, as the paper's
-``scale_fan`` option; AMP's gradient scaling is refused (the weights' gradients are not unscaled).
+RNG); ``--popup-scale-fan`` (off by default, as in the paper's main results) scales fan_in by each
+layer's kept fraction (the paper's ``scale_fan``, by the overall one); AMP's gradient scaling is
+refused (the weights' gradients are not unscaled).
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ class PopupOptions:
                                          "per layer)", DISTRIBUTIONS)
     popup_weights: str = opt("signed-constant", "the fixed weights: signed-constant (±gain/√fan_in, the "
                                                 "paper's best) or init (the model's own initialisation)", WEIGHTS)
-    popup_scale_fan: bool = opt(True, "signed-constant: fan_in times the kept fraction (the paper's scale_fan)")
+    popup_scale_fan: bool = opt(False, "signed-constant: fan_in times the layer's kept fraction (the paper's "
+                                       "scale_fan; off in its main results)")
 
     def __post_init__(self) -> None:
         check_sparsity(self.sparsity)
@@ -81,7 +83,9 @@ class EdgePopup(Method):
             s = torch.empty(w.shape)
             nn.init.kaiming_uniform_(s, a=math.sqrt(5), generator=g)  # the layers' own default init
             self.scores[n] = nn.Parameter(s.to(w.device))
-            kept = 1.0 - o.sparsity if o.popup_scale_fan else 1.0
+        self.mask = self.subnetwork()  # the per-layer counts
+        for n, w in weights.items():
+            kept = self.mask.density(n) if o.popup_scale_fan else 1.0
             self.fixed[n] = signed_constant(w, kept) if o.popup_weights == "signed-constant" else w.detach().clone()
         self.attach(state)
         self.refresh(state)

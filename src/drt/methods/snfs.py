@@ -31,13 +31,17 @@ class SNFS(WholeRunCosine):
     The momentum is of the *dense* gradient, m ← μ·m + ∇θ L at every weight (the reference reads
     the optimizer's buffer, which its unmasked gradients keep dense); drt keeps optimizer state
     zero at masked weights, so the method keeps this buffer itself (μ from the optimizer, else 0.9;
-    one dense tensor per masked layer). Deviations: regrowth counts are exact integers summing to
-    the number dropped (largest remainder, a layer may fill up completely) where the reference caps
-    a layer at 0.99 of its free weights and carries rounding errors to the next update; regrown
-    weights start at 0 with zero optimizer state, as in every drt DST method.
+    one dense tensor per masked layer; the loss gradient only, without weight decay; under Adam
+    too, where the reference uses Adam's normalised m / (√v + ε)). Deviations: regrowth counts are
+    exact integers summing to the number dropped (largest remainder; a layer may fill up and then
+    keeps taking part, losing weights to others) where the reference caps a layer at 0.99 of its
+    free weights and carries rounding errors to the next update; with the guard (default) a layer
+    the split would empty keeps one weight (reported in ``guard_fired``); regrown weights start at
+    0 with zero optimizer state, as in every drt DST method. Uniform start densities, as the reference.
     """
 
     default_delta_t = None  # one epoch
+    default_distribution = "uniform"  # the reference's start: one density for every layer
     grow_by_gradient = False  # grows by momentum instead
 
     def __init__(self, options: Any = None) -> None:
@@ -64,14 +68,27 @@ class SNFS(WholeRunCosine):
         return {n: m.abs() for n, m in self.momentum.items()}
 
     def grow_counts(self) -> GrowCounts:
-        """Shares: mean |momentum| over each layer's active weights before the drop."""
+        """Shares: mean |momentum| over each layer's active weights before the drop. With the guard, a
+        layer the split would leave empty gets one weight from the layer regrowing the most."""
         shares = {}
         for n, m in self.momentum.items():
             active = self.mask[n].to(m.device)
             shares[n] = float(m.abs()[active].mean()) if bool(active.any()) else 0.0
 
         def counts(dropped: dict[str, int], capacity: dict[str, int]) -> dict[str, int]:
-            return redistribute(sum(dropped.values()), {n: shares[n] for n in dropped}, capacity)
+            out = redistribute(sum(dropped.values()), {n: shares[n] for n in dropped}, capacity)
+
+            def kept(k: str) -> int:
+                return self.mask.numel(k) - capacity[k] + out[k]
+
+            for n in dropped:
+                donors = [k for k in out if out[k] > 0 and kept(k) > 1]
+                if self.options.guard and kept(n) == 0 and donors:
+                    out[max(donors, key=out.__getitem__)] -= 1
+                    out[n] += 1
+                    fired = self.info.setdefault("guard_fired", [])
+                    fired.extend([] if n in fired else [n])
+            return out
 
         return counts
 

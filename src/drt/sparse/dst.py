@@ -9,7 +9,7 @@ weights and their optimizer state start at zero (3); RigL grows by the *dense* g
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -74,6 +74,7 @@ def drop_grow_(
     drop: str = "magnitude",
     rounding: str = "floor",
     grow_counts: GrowCounts | None = None,
+    fixed: Collection[str] = (),
 ) -> DropGrowInfo:
     """Per layer drop k active weights, then grow k among those inactive after the drop; in place.
 
@@ -82,7 +83,9 @@ def drop_grow_(
     see ``_drop_set``. Grow: largest ``grow_scores`` (|dense grad| for RigL; ``None`` = uniform
     random from ``generator``, SET), ties broken by a random permutation from ``generator``.
     ``grow_counts(dropped, capacity)`` (SNFS's redistribution) sets how many each layer regrows
-    instead, given the per-layer dropped counts and inactive weights after the drop.
+    instead, given the per-layer dropped counts and inactive weights after the drop; then a fully
+    dense layer takes part too (it may lose weights to others). Layers named in ``fixed`` (dense by
+    rule) are never touched; without ``grow_counts`` a fully dense layer cannot change either.
     Mutates ``weights``, ``masks`` and ``optimizer`` state: connections inactive before start at 0
     with zero state, dropped ones are zeroed, dropped-and-regrown ones keep value and state.
     Per-layer active counts are unchanged unless ``grow_counts`` moves them.
@@ -108,7 +111,7 @@ def drop_grow_(
         flat_w = weights[name].detach().reshape(-1).cpu()
         active = old.reshape(-1).cpu()
         n_active = int(active.sum())
-        if n_active == active.numel():  # a dense layer has nowhere to grow: nothing changes
+        if name in fixed or (n_active == active.numel() and grow_counts is None):  # nothing can change
             info.dropped[name] = info.grown[name] = info.new[name] = 0
             continue
         if drop == "set":
