@@ -53,7 +53,11 @@ SUITES: dict[str, list[dict[str, Any]]] = {
     "sparse-own-settings": _grid({**CIFAR, **SUBSET_EVAL, "model": "resnet20", "epochs": 8, "subset": 10000},
                                  [{"method": "earlybird", "eb_ratio": 0.5}, {"method": "bn-only"},
                                   {"method": "edge-popup", "sparsity": 0.5}], (0, 1))
-    + _grid(FMNIST, [{"method": "edge-popup", "sparsity": 0.5}], (0, 1)),
+    + _grid(FMNIST, [{"method": "edge-popup", "sparsity": 0.5},
+                     # random subspaces of the trained dimension of the 90% and 98% masks; a step in φ moves θ
+                     # by ~d/N of one, so lr = 0.05 * N/d (rounded): 0.5 at d = 6383, 2.0 at d = 1465
+                     {"method": "subspace", "subspace_dim": 6383, "lr": 0.5},
+                     {"method": "subspace", "subspace_dim": 1465, "lr": 2.0}], (0, 1)),
     # issue 5: the CKA-SR reference experiment at a CPU budget
     "cka-sr": _grid({**CIFAR, "model": "resnet20", "epochs": 10, "subset": 20000, "method": "random", "eval_every": 5,
                      "distribution": "erk"},
