@@ -7,15 +7,15 @@ the layer computes with W₀ ⊙ h(|s|), h keeping the top (1 − sparsity) of e
 (``--distribution``: uniform per layer as in the paper; erk or global also work, with exact counts).
 The gradient is straight-through: ∂L/∂s = sign(s) ⊙ W₀ ⊙ ∂L/∂W_eff, W_eff the weight the layer used.
 
-Mechanics without model surgery: the layer's ``weight`` parameter holds W₀ ⊙ h(|s|) (refreshed after
-every optimizer step), so the model, its checkpoints and its ``model.pt`` are plain; its gradient
-is dense (a leaf), gives the scores' gradient in ``after_backward`` and is then dropped; the optimizer
-holds only the scores (weight decay on scores, as the paper). Accounting: the trained dimension is
-the number of scores (one per conv/linear weight); the stored model is the mask plus the init seed.
+Mechanics without model surgery (``reparam.Reparametrised``): the layer's ``weight`` parameter holds
+W₀ ⊙ h(|s|), so the model, its checkpoints and its ``model.pt`` are plain; its dense gradient gives
+the scores' gradient; the optimizer holds only the scores (weight decay on scores, as the paper).
+Accounting: the trained dimension is the number of scores (one per conv/linear weight); the stored
+model is the mask plus the init seed.
 Deviations: scores start Kaiming-uniform from a generator seeded by the run (the paper: the global
 RNG); ``--popup-scale-fan`` (off by default, as in the paper's main results) scales fan_in by each
 layer's kept fraction (the paper's ``scale_fan``, by the overall one); AMP's gradient scaling is
-refused (the weights' gradients are not unscaled).
+refused.
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ from torch import Tensor, nn
 
 from drt.analysis.cost import param_counts
 from drt.errors import DrtError
-from drt.methods.base import METHODS, Method, TrainState
+from drt.methods.base import METHODS, TrainState
+from drt.methods.reparam import Reparametrised
 from drt.methods.sparse_base import check_ranks_agree
 from drt.options import opt
 from drt.sparse import DISTRIBUTIONS, MaskSet, check_sparsity, masks_from_scores, prunable
@@ -61,8 +62,9 @@ def signed_constant(weight: Tensor, kept: float = 1.0) -> Tensor:
 
 @METHODS.register("edge-popup", help="edge-popup: weights fixed at random values, a trained score per weight "
                                      "picks the top-k subnetwork (Ramanujan et al. 2020)")
-class EdgePopup(Method):
+class EdgePopup(Reparametrised):
     Options = PopupOptions
+    label = "edge-popup"
 
     def __init__(self, options: PopupOptions | None = None) -> None:
         super().__init__(options)
@@ -88,15 +90,11 @@ class EdgePopup(Method):
             kept = self.mask.density(n) if o.popup_scale_fan else 1.0
             self.fixed[n] = signed_constant(w, kept) if o.popup_weights == "signed-constant" else w.detach().clone()
         self.attach(state)
-        self.refresh(state)
+        self.write(state.model)
         check_ranks_agree(self.mask, "edge-popup subnetwork at setup")
 
     def epoch_end(self, state: TrainState) -> None:
         check_ranks_agree(self.mask, f"edge-popup subnetwork after epoch {state.epoch}")
-
-    def attach(self, state: TrainState) -> None:
-        for n, p in state.model.named_parameters():
-            p.requires_grad_(n in self.fixed)  # weights: for the gradient of the scores only
 
     def subnetwork(self) -> MaskSet:
         """The largest |scores|: per layer at the counts of the first choice (they never change), or
@@ -111,28 +109,23 @@ class EdgePopup(Method):
             out[n] = m.reshape(s.shape)
         return MaskSet(out)
 
+    def trained(self) -> list[nn.Parameter]:
+        return list(self.scores.values())
+
+    def sources(self) -> set[str]:
+        return set(self.fixed)
+
+    def backward(self, grads: dict[str, Tensor | None]) -> None:
+        for n, s in self.scores.items():  # straight-through: ∂L/∂s = sign(s) ⊙ W₀ ⊙ ∂L/∂W_eff
+            s.grad = None if grads[n] is None else s.detach().sign() * self.fixed[n] * grads[n]
+
     @torch.no_grad()
-    def refresh(self, state: TrainState) -> None:
+    def write(self, model: nn.Module) -> None:
         """The top scores per layer become the mask; each weight becomes W₀ ⊙ mask."""
         self.mask = self.subnetwork()
-        params = dict(state.model.named_parameters())
+        params = dict(model.named_parameters())
         for n, w0 in self.fixed.items():
             params[n].copy_(w0 * self.mask[n].to(w0.device))
-
-    def param_groups(self, model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-        return [{"params": list(self.scores.values()), "weight_decay": weight_decay}]
-
-    def after_backward(self, state: TrainState) -> None:
-        if state.grad_scaling:
-            raise DrtError("edge-popup does not support AMP gradient scaling (drop --amp)")
-        params = dict(state.model.named_parameters())
-        for n, s in self.scores.items():
-            g = params[n].grad
-            s.grad = None if g is None else s.detach().sign() * self.fixed[n] * g  # straight-through
-            params[n].grad = None
-
-    def after_step(self, state: TrainState) -> None:
-        self.refresh(state)
 
     def masks(self) -> dict[str, Tensor]:
         return dict(self.mask) if self.mask is not None else {}
@@ -162,6 +155,5 @@ class EdgePopup(Method):
         self.mask = masks_from_scores({n: s.detach().abs() for n, s in self.scores.items()}, self.options.sparsity,
                                       self.distribution)[0]  # the counts; then the current subnetwork
         self.mask = self.subnetwork()
-        for n, p in model.named_parameters():
-            p.requires_grad_(n in self.fixed)
+        self.mark(model)
         return model

@@ -7,12 +7,12 @@ a sparse matrix, so d = 1000 on a 272k-parameter ResNet-20 takes ~0.5M non-zeros
 (the run starts at θ₀, the model's initialisation). A coordinate mask is the special case where P
 selects columns of the identity (spec "sparse-and-frozen", the framework).
 
-Mechanics as edge-popup's, without model surgery: the parameters hold θ₀ + Pφ (written after every
-optimizer step); their dense gradient g gives ∂L/∂φ = Pᵀg in ``after_backward`` and is then dropped;
-the optimizer holds only φ (weight decay, if any, on φ). Accounting: trained dimension d; stored d
-numbers plus the seed that regenerates θ₀ and P. Deviation: row indices are drawn with replacement
-(a rare repeated row adds up before the column is normalised); Li et al.'s dense and Fastfood
-projections are not offered. AMP's gradient scaling is refused.
+Mechanics as edge-popup's (``reparam.Reparametrised``): the parameters hold θ₀ + Pφ; their dense
+gradient g gives ∂L/∂φ = Pᵀg; the optimizer holds only φ (weight decay, if any, on φ).
+Accounting: trained dimension d; stored d numbers plus the seed that regenerates θ₀ and P.
+Deviation: row indices are drawn with replacement (a rare repeated row adds up before the column is
+normalised); Li et al.'s dense and Fastfood projections are not offered. AMP's gradient scaling is
+refused.
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ from torch import Tensor, nn
 
 from drt.analysis.cost import param_counts
 from drt.errors import DrtError
-from drt.methods.base import METHODS, Method, TrainState
+from drt.methods.base import METHODS, TrainState
+from drt.methods.reparam import Reparametrised
 from drt.options import opt
 
 
@@ -56,18 +57,20 @@ def sparse_projection(n: int, d: int, density: float, generator: torch.Generator
 
 @METHODS.register("subspace", help="random-subspace training: θ = θ₀ + Pφ with a fixed sparse random P, only "
                                    "φ (--subspace-dim) trained (Li et al. 2018, intrinsic dimension)")
-class Subspace(Method):
+class Subspace(Reparametrised):
     Options = SubspaceOptions
+    label = "subspace training"
 
     def __init__(self, options: SubspaceOptions | None = None) -> None:
         super().__init__(options)
+        self.shapes: dict[str, torch.Size] = {}  # every parameter of the model, in order
         self.phi: nn.Parameter | None = None
         self.theta0: Tensor | None = None
         self.proj: Tensor | None = None  # P, sparse n × d
 
     def setup(self, state: TrainState) -> None:
-        params = list(state.model.parameters())
-        theta0 = torch.cat([p.detach().reshape(-1) for p in params])
+        self.shapes = {n: p.shape for n, p in state.model.named_parameters()}
+        theta0 = torch.cat([p.detach().reshape(-1) for p in state.model.parameters()])
         n, d = theta0.numel(), self.options.subspace_dim
         if d >= n:
             raise DrtError(f"subspace_dim {d} must be below the model's {n} parameters")
@@ -78,26 +81,21 @@ class Subspace(Method):
         self.phi = nn.Parameter(torch.zeros(d, device=theta0.device))
         self.attach(state)
 
-    def attach(self, state: TrainState) -> None:
-        for p in state.model.parameters():
-            p.requires_grad_(True)  # for the gradient of φ only; the optimizer holds φ
+    def trained(self) -> list[nn.Parameter]:
+        return [self.phi]
 
-    def param_groups(self, model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-        return [{"params": [self.phi], "weight_decay": weight_decay}]
+    def sources(self) -> set[str]:
+        return set(self.shapes)
 
-    def after_backward(self, state: TrainState) -> None:
-        if state.grad_scaling:
-            raise DrtError("subspace training does not support AMP gradient scaling (drop --amp)")
-        params = list(state.model.parameters())
-        grad = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params])
-        self.phi.grad = torch.sparse.mm(self.proj.t(), grad.unsqueeze(1)).squeeze(1)  # Pᵀ g
-        for p in params:
-            p.grad = None
+    def backward(self, grads: dict[str, Tensor | None]) -> None:
+        flat = [(g if g is not None else torch.zeros(s, device=self.phi.device)).reshape(-1)
+                for g, s in zip(grads.values(), self.shapes.values(), strict=True)]
+        self.phi.grad = torch.sparse.mm(self.proj.t(), torch.cat(flat).unsqueeze(1)).squeeze(1)  # Pᵀ g
 
     @torch.no_grad()
-    def after_step(self, state: TrainState) -> None:
+    def write(self, model: nn.Module) -> None:
         theta = self.theta0 + torch.sparse.mm(self.proj, self.phi.detach().unsqueeze(1)).squeeze(1)
-        torch.nn.utils.vector_to_parameters(theta, state.model.parameters())
+        torch.nn.utils.vector_to_parameters(theta, model.parameters())
 
     def frozen_masks(self) -> dict[str, Tensor]:
         return {}  # nothing of the model is trained directly: see summary
@@ -121,6 +119,6 @@ class Subspace(Method):
         self.theta0 = state["theta0"].to(device)
         self.proj = torch.sparse_coo_tensor(state["proj_indices"], state["proj_values"], tuple(state["proj_shape"]),
                                             check_invariants=True).coalesce().to(device)
-        for p in model.parameters():
-            p.requires_grad_(True)
+        self.shapes = {n: p.shape for n, p in model.named_parameters()}
+        self.mark(model)
         return model
