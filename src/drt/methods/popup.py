@@ -81,6 +81,7 @@ class EdgePopup(Reparametrised):
         if not weights:
             raise DrtError(f"edge-popup: model {type(state.model).__name__} has no conv or linear weights")
         g = torch.Generator().manual_seed(state.seed + 31)  # identical on every rank
+        self.scores, self.fixed, self.mask = {}, {}, None
         for n, w in weights.items():
             s = torch.empty(w.shape)
             nn.init.kaiming_uniform_(s, a=math.sqrt(5), generator=g)  # the layers' own default init
