@@ -92,6 +92,23 @@ def test_runs_on_several_processes_get_their_own_row(results):
     assert [len(row.runs) for row in group.rows if row.label == "dense"] == [2]
 
 
+def test_an_unusual_setting_is_named_only_on_its_rows(results):
+    import copy
+
+    _, runs = finished_runs(results, parse_filters(["dataset=digits", "method=snip"]))
+
+    def variant(run, lr, i):
+        out = copy.deepcopy(run)
+        out["id"], out["config"]["train"]["lr"] = f"{i:016x}", lr
+        return out
+
+    odd = [variant(runs[0], 0.5, 1), variant(runs[0], 0.1, 2)]  # 0.1 is the default: absent from the settings
+    (group,) = group_runs([*runs, *odd])
+    assert group.common["lr"] == "0.05 (unless a row says otherwise)"
+    assert sorted(row.label for row in group.rows) == ["snip lr=0.1 sparsity=0.9", "snip lr=0.5 sparsity=0.9",
+                                                       "snip sparsity=0.9", "snip sparsity=0.98"]
+
+
 def test_filters(results):
     assert {r["method"] for r in finished_runs(results, parse_filters(["method=snip"]))[1]} == {"snip"}
     _, runs = finished_runs(results, parse_filters(["dataset=digits", "sparsity=0.9", "sparsity=0.98"]))

@@ -12,7 +12,7 @@ import json
 import os
 import re
 import statistics
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -159,12 +159,19 @@ def group_runs(runs: list[dict[str, Any]], by: tuple[str, ...] = GROUP_BY) -> li
         keys = set().union(*(s.keys() for s in shown.values()))
         varying = {k for k in keys if len({json.dumps(s.get(k)) for s in shown.values()}) > 1}
         common = {k: show(v) for k, v in shown[members[0]["id"]].items() if k not in varying}
+        # a varying setting other than the budget is named only where it departs from its usual value
+        usual = {k: Counter(json.dumps(s.get(k)) for s in shown.values()).most_common(1)[0][0]
+                 for k in varying - set(BUDGET_KEYS)}
+        common.update({k: f"{show(json.loads(v))} (unless a row says otherwise)" for k, v in usual.items()
+                       if v != "null"})
         rows: dict[str, Row] = {}
         for r in members:
             f = flats[r["id"]]
             ident = json.dumps({k: v for k, v in f.items() if k not in NOT_IDENTITY}, sort_keys=True)
             if ident not in rows:
-                extra = [f"{k}={show(v)}" for k, v in shown[r["id"]].items() if k in varying and k != "reg"]
+                mine = shown[r["id"]]  # a default value is absent here: named by its value when unusual
+                extra = [f"{k}={show(v)}" for k, v in f.items() if k in varying and k != "reg"
+                         and (json.dumps(mine.get(k)) != usual[k] if k in usual else k in mine)]
                 reg = f" +{f['reg'].replace(',', ' +')}" if f["reg"] else ""
                 rows[ident] = Row(0, " ".join([f["method"] + reg, *extra]), f["method"], [])
             rows[ident].runs.append(r)
