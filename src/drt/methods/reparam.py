@@ -53,7 +53,8 @@ class Reparametrised(Method):
     def after_backward(self, state: TrainState) -> None:
         if state.grad_scaling:
             raise DrtError(f"{self.label} does not support AMP gradient scaling (drop --amp)")
-        params = {n: p for n, p in state.model.named_parameters() if n in self.sources()}
+        sources = self.sources()
+        params = {n: p for n, p in state.model.named_parameters() if n in sources}
         self.backward({n: p.grad for n, p in params.items()})
         for p in params.values():
             p.grad = None
