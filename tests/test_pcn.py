@@ -1,6 +1,7 @@
 """PCN mechanism (drt.pcn): exact k = d equivalence, exact padding, counts, output transform, specs."""
 
 import io
+import itertools
 import json
 import pickle
 
@@ -82,8 +83,9 @@ def test_keep_all_is_exact_and_expand_restores_the_function(net, shape):
     x = _x(80, *shape)
     stats = pcn.collect(model, [x[:40], (x[40:], torch.zeros(40))], exclude_first=False)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    for include_first in (False, True):
-        small = pcn.compress(model, stats, include_first=include_first)
+    for include_first, plan in itertools.product((False, True), ("factored", "merged")):
+        small = pcn.compress(model, stats, include_first=include_first, plan=plan)
+        assert set(pcn.plan_of(small).values()) == {plan}
         n_pcn = len(pcn.pcn_layers(small))
         assert n_pcn == len(pcn.eligible_layers(model)[0]) - (0 if include_first else 1)
         fresh = _x(10, *shape, seed=9) * 3  # k = d: exact on any input, not only the statistics' samples
@@ -150,7 +152,7 @@ def test_unsupported_layers_and_transforming_twice_are_refused():
     assert "groups=2" in stats.ineligible["2"] and stats.layers == ["4"]  # first layer excluded by default
     with pytest.raises(DrtError, match="'2'"):
         pcn.compress(model, stats, keep={"2": "all"})
-    small = pcn.compress(model, stats)
+    small = pcn.compress(model, stats, plan="factored")
     assert "already a PCN layer" in pcn.collect(small, [_x(8, 2, 9, 9)]).ineligible["4"]
     with pytest.raises(DrtError, match="'4'.*already a PCN layer"):
         pcn.compress(small, stats)
@@ -323,7 +325,7 @@ def test_output_transform_refuses_unsupported_graphs_naming_the_layer():
     assert small.layer1[0].conv1.out_channels == small.layer1[0].conv2.d == 2
     tokens = nn.Sequential(nn.Linear(5, 6), nn.ReLU(), nn.Linear(6, 3)).double()  # Linear on (N, T, d)
     stats = pcn.collect(tokens, [_x(8, 7, 5)])
-    assert _max_diff(tokens, pcn.compress(tokens, stats), _x(3, 7, 5)) < 1e-10  # input transform: fine
+    assert _max_diff(tokens, pcn.compress(tokens, stats, plan="factored"), _x(3, 7, 5)) < 1e-10  # input: fine
     with pytest.raises(DrtError, match="layer '2'.*not 2-D"):
         pcn.compress(tokens, stats, keep=2, output=True)
 
@@ -353,10 +355,11 @@ def test_every_zoo_model_exact_narrowable_and_rebuildable(name, shape, opts):
     model = _rand_bn_(create(name, shape, 10, **opts)).double().eval()
     x = _x(24, *shape)
     stats = pcn.collect(model, [x])
-    small = pcn.compress(model, stats)
     scale = float(model(x).detach().abs().max())  # deep ResNets with random BN reach ~1e7
-    assert pcn.pcn_layers(small) and _max_diff(model, small, x) < 1e-10 * scale
-    assert _max_diff(model, pcn.expand(small), x) < 1e-10 * scale
+    for plan in ("factored", "merged"):
+        small = pcn.compress(model, stats, plan=plan)
+        assert pcn.pcn_layers(small) and _max_diff(model, small, x) < 1e-10 * scale
+        assert _max_diff(model, pcn.expand(small), x) < 1e-10 * scale
     narrow = pcn.compress(model, stats, keep=0.8, output=True)
     n_params = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     assert n_params(narrow) < n_params(small) and pcn.pcn_spec(narrow)["resized"]  # producers were cut
@@ -447,7 +450,7 @@ def test_models_pcn_must_not_silently_change_are_refused_or_kept_intact():
     torch.testing.assert_close(small(x), m(x))
     prune.l1_unstructured(m[2], "weight", amount=0.5)  # a layer PCN would replace
     with pytest.raises(DrtError, match="'2' computes its weight through a hook"):
-        pcn.compress(m, pcn.collect(m, [x]), keep="all")
+        pcn.compress(m, pcn.collect(m, [x]), keep="all", plan="factored")
     tied = _mlp(6, 8, 8, 8)
     tied[4].weight = tied[2].weight
     with pytest.raises(DrtError, match="'2' shares its weight with '4.weight'"):

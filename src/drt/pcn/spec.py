@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from drt.errors import DrtError
-from drt.pcn.layers import PCNLayer, pcn_class
+from drt.pcn.layers import PCNLayer, link_projections_, pcn_class
 from drt.pcn.transform import copy_without_hooks, set_module_
 
 FORMAT = "drt.pcn/1"
@@ -67,4 +67,4 @@ def rebuild(template: nn.Module, spec: dict[str, Any]) -> nn.Module:
         old = _get(model, name)
         ref = next(iter(old.parameters()), torch.zeros(()))
         set_module_(model, name, pcn_class(s["type"]).from_spec(s, device=ref.device, dtype=ref.dtype))
-    return model
+    return link_projections_(model)

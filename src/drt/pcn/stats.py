@@ -28,15 +28,18 @@ class PCNStats:
     ``moments[key]``: RunningMoments of the input of layer ``key``; ``keys[name]``: the basis key
     of layer ``name`` (layers reading the very same tensor share the first one's key);
     ``first``: layers reading the network input; ``ineligible``: layer name -> reason;
-    ``samples``: samples used; ``sample_shape``: shape of one input sample.
+    ``samples``: samples used; ``sample_shape``: shape of one input sample; ``input_shapes``: layer name ->
+    shape of one sample's input to that layer (for cost models; may be empty for old statistics).
     The eigen-decomposition is computed lazily and cached. Picklable; ``state_dict`` /
     ``from_state_dict`` and ``tensors()`` (for all-reduce across ranks) expose the raw sums.
     """
 
     def __init__(self, moments: dict[str, RunningMoments], keys: dict[str, str], first: list[str],
-                 ineligible: dict[str, str], samples: int, sample_shape: tuple[int, ...]) -> None:
+                 ineligible: dict[str, str], samples: int, sample_shape: tuple[int, ...],
+                 input_shapes: Mapping[str, tuple[int, ...]] | None = None) -> None:
         self.moments, self.keys, self.first = moments, keys, first
         self.ineligible, self.samples, self.sample_shape = ineligible, samples, sample_shape
+        self.input_shapes = dict(input_shapes or {})
         self._eig: dict[str, tuple[Tensor, Tensor]] = {}
 
     @property
@@ -94,13 +97,15 @@ class PCNStats:
     def state_dict(self) -> dict[str, Any]:
         return {"moments": {k: m.state_dict() for k, m in self.moments.items()}, "keys": dict(self.keys),
                 "first": list(self.first), "ineligible": dict(self.ineligible), "samples": self.samples,
-                "sample_shape": list(self.sample_shape)}
+                "sample_shape": list(self.sample_shape),
+                "input_shapes": {k: list(v) for k, v in self.input_shapes.items()}}
 
     @classmethod
     def from_state_dict(cls, state: Mapping[str, Any]) -> PCNStats:
         moments = {k: RunningMoments.from_state_dict(m) for k, m in state["moments"].items()}
         return cls(moments, dict(state["keys"]), list(state["first"]), dict(state["ineligible"]),
-                   int(state["samples"]), tuple(state["sample_shape"]))
+                   int(state["samples"]), tuple(state["sample_shape"]),
+                   {k: tuple(v) for k, v in state.get("input_shapes", {}).items()})
 
 
 def eligible_layers(model: nn.Module) -> tuple[dict[str, nn.Module], dict[str, str]]:
@@ -215,6 +220,7 @@ class _Tracker:
         self.keys: dict[str, str] = {}
         self.moments: dict[str, RunningMoments] = {}
         self._inputs: list[tuple[weakref.ref, str]] = []  # first pass: (input tensor, layer name)
+        self.shapes: dict[str, tuple[int, ...]] = {}  # one sample's input shape per layer
 
     def hook(self, name: str) -> Callable[[nn.Module, tuple[Any, ...]], None]:
         def fn(module: nn.Module, args: tuple[Any, ...]) -> None:
@@ -239,6 +245,7 @@ class _Tracker:
         if name in self.order:
             return
         self.order.append(name)
+        self.shapes[name] = tuple(x.shape[1:])
         same = next((n for r, n in self._inputs if r() is x), None)
         self._inputs.append((weakref.ref(x), name))
         if (len(self.order) == 1 and not self.preceded) or (same is not None and same in self.first):
@@ -264,4 +271,4 @@ class _Tracker:
         if thin:
             warnings.warn(f"PCN statistics from {seen} samples: fewer observations than input width, so "
                           f"the covariance is rank-deficient, for {', '.join(thin)}", stacklevel=3)
-        return PCNStats(self.moments, self.keys, self.first, ineligible, seen, shape)
+        return PCNStats(self.moments, self.keys, self.first, ineligible, seen, shape, self.shapes)

@@ -17,6 +17,7 @@ from torch.nn.utils.weight_norm import WeightNorm
 from drt.errors import DrtError
 from drt.pcn.layers import PCNLayer, to_pcn
 from drt.pcn.narrow import narrow_
+from drt.pcn.plan import PLANS, choose_plans_
 from drt.pcn.select import Exclude, KeepArg, plan_components
 from drt.pcn.stats import PCNStats
 
@@ -66,7 +67,7 @@ def compress(model: nn.Module, stats: PCNStats, keep: KeepArg = "all", *, width_
              eig_threshold: float | None = None, budget: int | float | None = None,
              output: bool | Iterable[str] = False, output_keep: int | float | Mapping[str, int | float] | None = None,
              output_threshold: float | None = None, eigen_weighted: bool = False, exclude: Exclude = (),
-             include_first: bool = False) -> nn.Module:
+             include_first: bool = False, plan: str = "auto", batch_size: int = 128) -> nn.Module:
     """A new model whose chosen layers are PCN layers; ``model`` is left untouched (deep copy).
 
     Input transform (paper): layer name -> k from ``keep`` ("all" = exact, float in (0, 1] =
@@ -78,7 +79,13 @@ def compress(model: nn.Module, stats: PCNStats, keep: KeepArg = "all", *, width_
     the producer channels feeding those layers with the smallest basis loadings; see
     ``narrow.narrow_`` for ``output_keep``, ``output_threshold`` and ``eigen_weighted``.
     Transforming a PCN layer again is refused (``expand`` first, then collect and compress).
+    Execution (``plan``, see ``drt.pcn.plan``): "auto" leaves a layer that would keep all its components
+    untouched (unless the output transform is on: its basis then steers which channels go) and runs
+    every other one factored or merged, whichever costs fewer counted training FLOPs at ``batch_size``;
+    "factored" / "merged" force one form on every transformed layer.
     """
+    if plan not in PLANS:
+        raise DrtError(f"unknown PCN execution plan {plan!r}; valid: {', '.join(PLANS)}")
     if output is False and (output_keep is not None or output_threshold is not None or eigen_weighted):
         raise DrtError("output_keep, output_threshold and eigen_weighted set the output transform: pass output=True")
     ks = plan_components(model, stats, keep, width_fraction=width_fraction, eig_threshold=eig_threshold,
@@ -86,6 +93,8 @@ def compress(model: nn.Module, stats: PCNStats, keep: KeepArg = "all", *, width_
     if not ks:
         raise DrtError(f"nothing to transform: no layer with statistics ({', '.join(stats.layers) or 'none'}) is "
                        "selected (the first layer is kept unless include_first=True)")
+    if plan == "auto" and output is False:
+        ks = {n: k for n, k in ks.items() if k < stats.dim(n)}  # nothing to save: the layer stays as it is
     check_replaceable(model, ks)
     small = copy_without_hooks(model)
     owners: dict[str, str] = {}
@@ -103,6 +112,7 @@ def compress(model: nn.Module, stats: PCNStats, keep: KeepArg = "all", *, width_
     if output is not False:
         narrow_(small, stats.sample_shape, which=output, keep=output_keep, threshold=output_threshold,
                 eigvals=eigvals, eigen_weighted=eigen_weighted)
+    choose_plans_(small, stats.sample_shape, plan, batch_size, stats.input_shapes)
     return small
 
 

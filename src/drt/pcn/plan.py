@@ -1,0 +1,112 @@
+"""Execution plans of PCN layers, chosen by counted training FLOPs (``torch.utils.flop_counter``).
+
+Each PCN layer runs *factored* (project to k, then the layer on k inputs) or *merged* (one layer with
+W' V^T formed each step); both compute the same function with the same trainable W'. ``choose_plans_``
+counts forward + backward FLOPs of every alternative on meta tensors of the layer's real input shape
+and training batch, per group of layers sharing a basis (whose factored members share one projection),
+and keeps the cheapest; a tie goes to merged (one kernel instead of two).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from drt.errors import DrtError
+from drt.pcn.layers import EXEC_MODES, PCNLayer, PCNLinear, link_projections_, pcn_class
+
+PLANS = ("auto", *EXEC_MODES)
+
+
+def layer_inputs(model: nn.Module, sample_shape: Sequence[int], names: Sequence[str]) -> dict[str, tuple[int, ...]]:
+    """The shape of one sample's input to each layer ``names`` (one forward of a zero sample, eval mode)."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    modules = dict(model.named_modules())
+
+    def record(name: str):  # a pre-hook that returns nothing (a returned value would replace the input)
+        def hook(module: nn.Module, args: tuple) -> None:
+            shapes.setdefault(name, tuple(args[0].shape[1:]))
+        return hook
+
+    handles = [modules[n].register_forward_pre_hook(record(n)) for n in names]
+    ref = next(iter(model.parameters()))
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, *sample_shape, device=ref.device, dtype=ref.dtype))
+    finally:
+        for h in handles:
+            h.remove()
+        for m, mode in modes.items():
+            m.train(mode)
+    missing = [n for n in names if n not in shapes]
+    if missing:
+        raise DrtError(f"PCN plan: layer {missing[0]!r} is not called in the model's forward pass")
+    return shapes
+
+
+def train_flops(layers: Sequence[PCNLayer], modes: Sequence[str], in_shape: tuple[int, ...], batch: int) -> int:
+    """Counted FLOPs of one training step (forward + backward) of ``layers`` reading one input of
+    ``(batch, *in_shape)`` in ``modes``; the factored ones share one projection."""
+    copies = []
+    for layer, mode in zip(layers, modes, strict=True):
+        spec = {**layer.spec(), "exec": mode}
+        copies.append(pcn_class(spec["type"]).from_spec(spec, device="meta", dtype=torch.float32))
+    link_projections_(nn.ModuleList(copies))
+    x = torch.empty(batch, *in_shape, device="meta", requires_grad=True)
+    with FlopCounterMode(display=False) as counter:
+        total: Tensor = sum(m(x).sum() for m in copies)  # type: ignore[assignment]
+        total.backward()
+    return int(counter.get_total_flops())
+
+
+def choose_plans_(model: nn.Module, sample_shape: Sequence[int], plan: str = "auto", batch: int = 128,
+                  input_shapes: Mapping[str, tuple[int, ...]] | None = None) -> dict[str, str]:
+    """Set every PCN layer's execution plan (in place) and link shared projections; returns name -> plan.
+
+    ``plan``: "factored" or "merged" for all layers, or "auto": per basis group the combination with the
+    fewest counted training FLOPs at ``batch`` samples per step (ties: merged). ``input_shapes``: one
+    sample's input shape per layer as the statistics saw it (channels are taken from the layer, which
+    the output transform may have narrowed); layers missing there are measured by one forward pass.
+    """
+    if plan not in PLANS:
+        raise DrtError(f"unknown PCN execution plan {plan!r}; valid: {', '.join(PLANS)}")
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise DrtError(f"PCN plan: batch must be a positive int; got {batch!r}")
+    layers = {n: m for n, m in model.named_modules() if isinstance(m, PCNLayer)}
+    if plan != "auto":
+        for m in layers.values():
+            m.exec_mode = plan
+        link_projections_(model)
+        return {n: plan for n in layers}
+    known = input_shapes or {}
+    missing = [n for n in layers if n not in known]
+    shapes = layer_inputs(model, sample_shape, missing) if missing else {}
+    for n in layers:
+        if n in known:  # the layer's own input width: (d, *spatial) for convs, (..., d) for Linear
+            s = known[n]
+            shapes[n] = (*s[:-1], layers[n].d) if isinstance(layers[n], PCNLinear) else (layers[n].d, *s[1:])
+    groups: dict[tuple[str, tuple[int, ...]], list[str]] = {}
+    for n, m in layers.items():
+        groups.setdefault((m.basis_key, shapes[n]), []).append(n)
+    chosen: dict[str, str] = {}
+    for (_, shape), names in groups.items():
+        members = [layers[n] for n in names]
+        options = sorted(itertools.product(("merged", "factored"), repeat=len(members)),
+                         key=lambda c: c.count("factored"))  # stable min: fewer factored wins a tie
+        best = min(options, key=lambda c: train_flops(members, c, shape, batch))
+        chosen.update(zip(names, best, strict=True))
+    for n, mode in chosen.items():
+        layers[n].exec_mode = mode
+    link_projections_(model)
+    return chosen
+
+
+def plan_of(model: nn.Module) -> Mapping[str, str]:
+    """Name -> execution plan of every PCN layer of ``model``."""
+    return {n: m.exec_mode for n, m in model.named_modules() if isinstance(m, PCNLayer)}
