@@ -163,31 +163,33 @@ def k_width_fraction(d: int, fraction: float, layer: str = "layer") -> int:
 
 @dataclass(frozen=True)
 class BudgetUnit:
-    """One basis for ``k_budget``: its eigenvalues, trainable parameters per component, and max k."""
+    """One basis for ``k_budget``: its eigenvalues, cost per component (trainable parameters or FLOPs),
+    max k and min k."""
 
     eigvals: Tensor
     cost: int
     cap: int
+    floor: int = 1
 
 
 def k_budget(units: Mapping[str, BudgetUnit], budget: int) -> dict[str, int]:
-    """Split ``budget`` parameters (sum of k * cost) over bases; every basis gets k >= 1.
+    """Split ``budget`` (sum of k * cost) over bases; every basis gets at least its floor (default 1).
 
-    Greedy: starting from k = 1 everywhere, repeatedly add the component with the largest
-    explained-variance gain per parameter, (lambda_j / sum(lambda)) / cost, while it fits and
+    Greedy: starting from k = floor everywhere, repeatedly add the component with the largest
+    explained-variance gain per unit of cost, (lambda_j / sum(lambda)) / cost, while it fits and
     up to each unit's cap; components with zero eigenvalue are never added. Since a unit's gains
-    decrease with j, this takes a prefix of each spectrum. Raises DrtError if k = 1 does not fit.
+    decrease with j, this takes a prefix of each spectrum. Raises DrtError if the floors do not fit.
     """
-    minimum = sum(u.cost for u in units.values())
+    minimum = sum(u.cost * u.floor for u in units.values())
     if budget < minimum:
-        raise DrtError(f"parameter budget {budget} is below the minimum {minimum} (one component per layer)")
-    ks = dict.fromkeys(units, 1)
+        raise DrtError(f"budget {budget} is below the minimum {minimum} (the smallest k per layer)")
+    ks = {name: u.floor for name, u in units.items()}
     gains: list[tuple[float, str]] = []
     for name, u in units.items():
         vals = u.eigvals.to(_F64).clamp_min(0.0)
         total = float(vals.sum())
         if total > 0:
-            gains += [(float(v) / total / u.cost, name) for v in vals[1 : u.cap] if v > 0]
+            gains += [(float(v) / total / u.cost, name) for v in vals[u.floor : u.cap] if v > 0]
     left = budget - minimum
     for _gain, name in sorted(gains, key=lambda g: -g[0]):
         if units[name].cost <= left:

@@ -48,10 +48,16 @@ def method_lines(m: dict[str, Any]) -> list[str]:
             lines.append(format_table(rows))
     if "exploration_rate" in m:
         lines.append(f"exploration rate (weights ever active): {m['exploration_rate']:.4f}")
-    if m.get("pcn_layers") and m.get("params_before_pcn"):
-        ks = ", ".join(f"{n} {v['k']}/{v['d']}" for n, v in m["pcn_layers"].items())
+    if m.get("pcn_epoch") and m.get("params_before_pcn"):
+        ks = ", ".join(f"{n} {v['k']}/{v['d']}" + (f" {v['exec']}" if "exec" in v else "")
+                       for n, v in (m.get("pcn_layers") or {}).items()) or "none (every layer kept all components)"
         lines.append(f"PCN transform after epoch {m['pcn_epoch']}: trainable {m['params_before_pcn']:,} -> "
-                     f"{m['params_trainable']:,}; frozen basis numbers {m['params_frozen']:,}; k/d: {ks}")
+                     f"{m['params_trainable']:,}; frozen basis numbers {m['params_frozen']:,}; k/d and plan: {ks}")
+        if m.get("flops_before_pcn"):
+            before, after = m["flops_before_pcn"] / 1e6, m["flops"] / 1e6
+            lines.append(f"PCN forward FLOPs per sample: {before:.3f} M -> {after:.3f} M")
+        if "pcn_budget_achieved" in m:
+            lines.append(f"PCN budget: target {m['pcn_budget_target']:.4f}, achieved {m['pcn_budget_achieved']:.4f}")
     if m.get("trainable_counts"):  # methods that train something other than the model's own entries
         lines.append(f"trained: {m['trainable_counts']}; stored: {m.get('stored_counts', '-')}")
     elif m.get("params_frozen") and not m.get("pcn_layers"):

@@ -22,6 +22,7 @@ from typing import Any
 import torch.distributed as dist
 from torch import nn
 
+from drt.analysis.cost import forward_flops
 from drt.errors import DrtError
 from drt.methods.base import METHODS, Method, TrainState
 from drt.options import opt
@@ -121,7 +122,14 @@ class PCNOptions:
     pcn_keep: str = opt("0.99", "components kept: all | variance fraction | k | name=rule,... (per layer)")
     pcn_width_fraction: float | None = opt(None, "cap k at this fraction of each layer's width (paper rule)")
     pcn_eig_threshold: float | None = opt(None, "keep eigenvalues >= this (paper rule)")
-    pcn_budget: float | None = opt(None, "global trainable-parameter budget: a count, or a fraction < 1")
+    pcn_budget: float | None = opt(None, "global budget (a target: k is allocated up to it): a count, or a "
+                                         "fraction < 1 of the trainable parameters or forward FLOPs (--pcn-budget-of)")
+    pcn_budget_of: str = opt("params", "what --pcn-budget counts: trainable parameters or forward FLOPs per sample",
+                             ("params", "flops"))
+    pcn_min_fraction: float = opt(1 / 16, "floor on k for variance rules and budgets: this fraction of each "
+                                          "layer's width (0 = none)")
+    pcn_exec: str = opt("auto", "execution plan per layer: auto (fewest counted training FLOPs; layers keeping "
+                                "everything stay untouched) | factored | merged", ("auto", "factored", "merged"))
     pcn_output: bool = opt(False, "also remove producer channels (output transform)")
     pcn_output_keep: float | None = opt(None, "output transform: channels kept (count, or fraction < 1)")
     pcn_eigen_weighted: bool = opt(False, "output transform: eigenvalue-weighted channel scores")
@@ -148,6 +156,7 @@ class PCNOptions:
              "a fraction in (0, 1] or a whole count"),
             ("pcn_pool_to", self.pcn_pool_to, lambda v: v >= 1, ">= 1"),
             ("pcn_auto_latest", self.pcn_auto_latest, lambda v: v >= 1, ">= 1"),
+            ("pcn_min_fraction", self.pcn_min_fraction, lambda v: 0 <= v <= 1, "in [0, 1]"),
         ):
             if value is not None and not ok(value):
                 raise DrtError(f"{name} must be {want}, got {value}")
@@ -162,8 +171,9 @@ class PCNOptions:
         if budget is not None and budget >= 1:
             budget = int(budget)
         return {"keep": parse_keep(self.pcn_keep), "width_fraction": self.pcn_width_fraction,
-                "eig_threshold": self.pcn_eig_threshold, "budget": budget, "output": self.pcn_output,
-                "output_keep": keep_out, "eigen_weighted": self.pcn_eigen_weighted, "exclude": self.pcn_exclude}
+                "eig_threshold": self.pcn_eig_threshold, "budget": budget, "budget_of": self.pcn_budget_of,
+                "min_fraction": self.pcn_min_fraction, "output": self.pcn_output, "output_keep": keep_out,
+                "eigen_weighted": self.pcn_eigen_weighted, "exclude": self.pcn_exclude, "plan": self.pcn_exec}
 
 
 @METHODS.register("pcn", help="Principal Component Networks: shrink layers by PCA of their inputs (Waleffe 2020)")
@@ -177,6 +187,8 @@ class PCN(Method):
         self.prev: PCNStats | None = None
         self.overlaps: list[float] = []
         self.before: int | None = None
+        self.before_flops: int | None = None
+        self.batch_size = 128  # the training batch, for the execution plan's cost model
 
     def setup(self, state: TrainState) -> None:
         o = self.options
@@ -191,6 +203,9 @@ class PCN(Method):
         if o.pcn_output:
             check_output_graph(state.model, state.input_shape, parse_keep(o.pcn_keep), o.pcn_exclude)
         world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+        first = next(iter(state.batches()), None)
+        if first is not None:
+            self.batch_size = len(first[0])
         if world > 1:  # every rank must see samples, or one fails alone while the others wait in all-reduce
             per_rank = len(next(iter(state.batches()))[0])
             if o.pcn_samples < world * per_rank:
@@ -202,7 +217,8 @@ class PCN(Method):
         kw = self.options.compress_kwargs()
         return plan_components(model, stats, kw["keep"] if keep is None else keep,
                                width_fraction=kw["width_fraction"], eig_threshold=kw["eig_threshold"],
-                               budget=kw["budget"], exclude=kw["exclude"])
+                               budget=kw["budget"], budget_of=kw["budget_of"], min_fraction=kw["min_fraction"],
+                               exclude=kw["exclude"])
 
     def dry_run(self, state: TrainState) -> None:
         """Plan the transform on one batch's statistics, so that a k beyond a layer's width, a model with
@@ -251,19 +267,31 @@ class PCN(Method):
             return None
         stats = stats or self.stats(state)
         self.before = sum(p.numel() for p in state.model.parameters() if p.requires_grad)
-        small = compress(state.model, stats, **self.options.compress_kwargs())
+        self.before_flops = forward_flops(state.model, state.input_shape, state.device)
+        small = compress(state.model, stats, **self.options.compress_kwargs(), batch_size=self.batch_size)
         self.spec, self.epoch_done, self.prev = pcn_spec(small), state.epoch, None
         state.log["pcn_transform"] = state.epoch
         return small
 
     def summary(self, state: TrainState) -> dict[str, Any]:
         layers = pcn_layers(state.model)
-        return {"pcn_epoch": self.epoch_done, "pcn_overlaps": self.overlaps, "params_before_pcn": self.before,
-                "pcn_layers": {n: {"k": int(m.k), "d": int(m.d)} for n, m in layers.items()}}
+        out: dict[str, Any] = {
+            "pcn_epoch": self.epoch_done, "pcn_overlaps": self.overlaps, "params_before_pcn": self.before,
+            "flops_before_pcn": self.before_flops,
+            "pcn_layers": {n: {"k": int(m.k), "d": int(m.d), "exec": m.exec_mode} for n, m in layers.items()}}
+        o = self.options
+        if o.pcn_budget is not None and self.before:
+            now = (sum(p.numel() for p in state.model.parameters() if p.requires_grad) if o.pcn_budget_of == "params"
+                   else forward_flops(state.model, state.input_shape, state.device))
+            base = self.before if o.pcn_budget_of == "params" else self.before_flops
+            out["pcn_budget_target"] = o.pcn_budget if o.pcn_budget < 1 else o.pcn_budget / base
+            out["pcn_budget_achieved"] = now / base
+        return out
 
     def state_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"spec": json.dumps(self.spec), "epoch": self.epoch_done or 0,
-                               "overlaps": list(self.overlaps), "before": self.before or 0}
+                               "overlaps": list(self.overlaps), "before": self.before or 0,
+                               "before_flops": self.before_flops or 0, "batch_size": self.batch_size}
         if self.prev is not None:
             out["prev"] = self.prev.state_dict()
         return out
@@ -272,5 +300,7 @@ class PCN(Method):
         self.spec = json.loads(state["spec"])
         self.epoch_done = state["epoch"] or None
         self.overlaps, self.before = list(state["overlaps"]), state["before"] or None
+        self.before_flops = state.get("before_flops") or None
+        self.batch_size = int(state.get("batch_size", self.batch_size))
         self.prev = PCNStats.from_state_dict(state["prev"]) if "prev" in state else None
         return rebuild(model, self.spec) if self.spec else model

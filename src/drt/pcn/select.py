@@ -8,6 +8,7 @@ from typing import Any
 
 from torch import nn
 
+from drt.analysis.cost import forward_flops
 from drt.analysis.pca import (
     BudgetUnit,
     k_budget,
@@ -22,6 +23,7 @@ from drt.pcn.layers import PCNLayer, ineligible_reason
 from drt.pcn.stats import PCNStats, eligible_layers, select_layers
 
 Keep = str | int | float
+BUDGET_UNITS = ("params", "flops")
 KeepArg = Keep | Mapping[str, Keep]
 Exclude = Iterable[str] | Callable[[str, nn.Module], bool]
 
@@ -50,18 +52,25 @@ def _excluded(exclude: Exclude, model: nn.Module) -> set[str]:
 
 def plan_components(model: nn.Module, stats: PCNStats, keep: KeepArg = "all", *,
                     width_fraction: float | None = None, eig_threshold: float | None = None,
-                    budget: int | float | None = None, exclude: Exclude = (),
-                    include_first: bool = False) -> dict[str, int]:
+                    budget: int | float | None = None, budget_of: str = "params", min_fraction: float = 0.0,
+                    exclude: Exclude = (), include_first: bool = False) -> dict[str, int]:
     """Layer name -> k for every layer to transform, in forward order.
 
     ``keep``: one rule for all layers with statistics, or a dict of name / glob pattern -> rule
     (only matching layers are transformed). ``width_fraction`` and ``eig_threshold`` cap k further
-    (k = the smallest of all rules given). Layers sharing a basis (same input tensor) are
-    transformed together with the smallest of their k. ``budget``: total trainable parameters of
-    the model after the input transform (int), or a fraction in (0, 1) of its current trainable
-    parameters; k is then allocated greedily by explained variance per parameter (``k_budget``),
-    with the rules above as caps. The first layer is skipped unless ``include_first``.
+    (k = the smallest of all rules given). ``min_fraction``: a floor of ceil(min_fraction * d) for k
+    set by a variance rule or a budget (not for an explicit int k; caps win over the floor). Layers
+    sharing a basis (same input tensor) are transformed together with the smallest of their k.
+    ``budget`` is a target, of trainable parameters (``budget_of="params"``) or of forward FLOPs per
+    sample (``"flops"``): the model's total after the input transform (an int), or a fraction in (0, 1)
+    of its current total. k is then allocated greedily by explained variance per unit of cost
+    (``k_budget``) up to the budget, between the floor and the caps; the keep rule then only chooses
+    the layers. The first layer is skipped unless ``include_first``.
     """
+    if budget_of not in BUDGET_UNITS:
+        raise DrtError(f"budget_of must be one of {', '.join(BUDGET_UNITS)}; got {budget_of!r}")
+    if isinstance(min_fraction, bool) or not isinstance(min_fraction, int | float) or not 0 <= min_fraction <= 1:
+        raise DrtError(f"min_fraction must be a number in [0, 1]; got {min_fraction!r}")
     modules = dict(model.named_modules())
     names = stats.layers
     for n in names:
@@ -93,13 +102,18 @@ def plan_components(model: nn.Module, stats: PCNStats, keep: KeepArg = "all", *,
         if reason is not None:
             raise DrtError(f"layer {n!r} cannot be PCN-transformed: {reason}")
     ks: dict[str, int] = {}
+    caps: dict[str, int] = {}
     for n, rule in rules.items():
-        k = k_for(rule, stats, n)
+        d = stats.dim(n)
+        cap = d
         if width_fraction is not None:
-            k = min(k, k_width_fraction(stats.dim(n), width_fraction, f"layer {n!r}"))
+            cap = min(cap, k_width_fraction(d, width_fraction, f"layer {n!r}"))
         if eig_threshold is not None:
-            k = min(k, k_threshold(stats.eigvals(n), eig_threshold, f"layer {n!r}"))
-        ks[n] = k
+            cap = min(cap, k_threshold(stats.eigvals(n), eig_threshold, f"layer {n!r}"))
+        k = k_for(rule, stats, n)  # validates the rule, also when a budget sets k
+        if not isinstance(rule, int) or isinstance(rule, bool):
+            k = max(k, floor_k(d, min_fraction))
+        ks[n], caps[n] = min(k, cap), cap
     # layers reading the same tensor share one basis: transform them together, with one k
     group_k: dict[str, int] = {}
     for n, k in ks.items():
@@ -107,33 +121,74 @@ def plan_components(model: nn.Module, stats: PCNStats, keep: KeepArg = "all", *,
     ks = {n: group_k[stats.key(n)] for n in names
           if stats.key(n) in group_k and n not in skip and not isinstance(modules[n], PCNLayer)}
     if budget is not None:
-        ks = _apply_budget(model, stats, ks, budget)
+        floors = {n: min(floor_k(stats.dim(n), min_fraction), caps[n]) for n in ks}
+        ks = _apply_budget(model, stats, {n: caps[n] for n in ks}, floors, budget, budget_of)
     return ks
 
 
-def _apply_budget(model: nn.Module, stats: PCNStats, ks: dict[str, int], budget: int | float) -> dict[str, int]:
+def floor_k(d: int, fraction: float) -> int:
+    """The smallest k ``min_fraction`` allows for a layer of width d: ceil(fraction * d), at least 1."""
+    return max(1, math.ceil(fraction * d - 1e-9))
+
+
+def _flop_costs(module: nn.Module, in_shape: tuple[int, ...]) -> tuple[int, int, int]:
+    """Forward FLOPs of one sample through ``module`` (Linear or conv) reading ``in_shape``: (dense, the
+    factored layer's per component, the projection's per component)."""
+    w = module.weight
+    out, d, taps = w.shape[0], w.shape[1], math.prod(w.shape[2:])
+    if isinstance(module, nn.Linear):
+        positions = math.prod(in_shape[:-1])
+        return 2 * positions * d * out, 2 * positions * out, 2 * positions * d
+    spatial = in_shape[1:]
+    pad = module.padding
+    if pad == "same":
+        sizes = list(spatial)
+    else:
+        pad = (0,) * len(spatial) if pad == "valid" else pad
+        sizes = [(s + 2 * p - dl * (kk - 1) - 1) // st + 1 for s, p, dl, kk, st in
+                 zip(spatial, pad, module.dilation, module.kernel_size, module.stride, strict=True)]
+    s_out, s_in = math.prod(sizes), math.prod(spatial)
+    pointwise_strided = taps == 1 and all(p == 0 for p in (pad if pad != "same" else (0,))) and s_out < s_in
+    return 2 * s_out * out * d * taps, 2 * s_out * out * taps, 2 * d * (s_out if pointwise_strided else s_in)
+
+
+def _apply_budget(model: nn.Module, stats: PCNStats, caps: dict[str, int], floors: dict[str, int],
+                  budget: int | float, budget_of: str) -> dict[str, int]:
     modules = dict(model.named_modules())
-    current = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    if budget_of == "params":
+        current = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    else:
+        current = forward_flops(model, stats.sample_shape, next(model.parameters()).device)
+    what = "trainable parameters" if budget_of == "params" else "forward FLOPs per sample"
     if isinstance(budget, bool) or not isinstance(budget, int | float) or budget <= 0 or (
             isinstance(budget, float) and budget >= 1):
-        raise DrtError(f"budget must be a positive int (parameters) or a float in (0, 1) (fraction of the "
-                       f"{current} trainable parameters); got {budget!r}")
+        raise DrtError(f"budget must be a positive int ({what}) or a float in (0, 1) (fraction of the "
+                       f"{current} {what}); got {budget!r}")
     target = int(budget * current) if isinstance(budget, float) else budget
     fixed = current
     units: dict[str, dict[str, Any]] = {}
-    for n in ks:
-        w = modules[n].weight
-        out, taps = w.shape[0], math.prod(w.shape[2:])
-        fixed += out - w.numel() - (modules[n].bias.numel() if modules[n].bias is not None else 0)
-        u = units.setdefault(stats.key(n), {"cost": 0, "cap": ks[n], "name": n})
-        u["cost"] += out * taps
-    minimum = fixed + sum(u["cost"] for u in units.values())
+    for n in caps:
+        m = modules[n]
+        u = units.setdefault(stats.key(n), {"cost": 0, "cap": caps[n], "floor": floors[n], "name": n, "proj": 0})
+        if budget_of == "params":
+            w = m.weight
+            out, taps = w.shape[0], math.prod(w.shape[2:])
+            fixed += out - w.numel() - (m.bias.numel() if m.bias is not None else 0)  # a PCN layer has a bias
+            u["cost"] += out * taps
+        else:
+            dense, per_k, proj = _flop_costs(m, tuple(stats.input_shapes[n]))
+            fixed -= dense
+            u["cost"] += per_k
+            u["proj"] = max(u["proj"], proj)  # factored readers of one basis share one projection
+    for u in units.values():
+        u["cost"] += u["proj"]
+    minimum = fixed + sum(u["cost"] * u["floor"] for u in units.values())
     if target < minimum:
-        raise DrtError(f"budget of {target} trainable parameters is below the minimum {minimum} "
-                       "(one component per transformed layer); raise it or transform fewer layers")
-    alloc = k_budget({key: BudgetUnit(stats.eigvals(u["name"]), u["cost"], u["cap"]) for key, u in units.items()},
-                     target - fixed)
-    return {n: alloc[stats.key(n)] for n in ks}
+        raise DrtError(f"budget of {target} {what} is below the minimum {minimum} "
+                       "(the smallest k per transformed layer); raise it or transform fewer layers")
+    alloc = k_budget({key: BudgetUnit(stats.eigvals(u["name"]), u["cost"], u["cap"], u["floor"])
+                      for key, u in units.items()}, target - fixed)
+    return {n: alloc[stats.key(n)] for n in caps}
 
 
 def subspace_overlaps(prev: PCNStats, cur: PCNStats, keep: Keep | Mapping[str, int] = 0.99) -> dict[str, float]:

@@ -7,6 +7,7 @@ the top-k principal components of its input; the output ("kill") transform is in
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Iterable, Mapping
 
 from torch import Tensor, nn
@@ -21,6 +22,7 @@ from drt.pcn.plan import PLANS, choose_plans_
 from drt.pcn.select import Exclude, KeepArg, plan_components
 from drt.pcn.stats import PCNStats
 
+WARN_FRACTION = 1 / 8  # a layer keeping fewer components than this share of its width is warned about
 # hooks that belong to their module (its weight is computed from them), kept by a copy
 OWN_HOOKS = (prune.BasePruningMethod, SpectralNorm, WeightNorm)
 
@@ -64,7 +66,8 @@ def set_module_(root: nn.Module, name: str, new: nn.Module) -> nn.Module:
 
 
 def compress(model: nn.Module, stats: PCNStats, keep: KeepArg = "all", *, width_fraction: float | None = None,
-             eig_threshold: float | None = None, budget: int | float | None = None,
+             eig_threshold: float | None = None, budget: int | float | None = None, budget_of: str = "params",
+             min_fraction: float = 0.0,
              output: bool | Iterable[str] = False, output_keep: int | float | Mapping[str, int | float] | None = None,
              output_threshold: float | None = None, eigen_weighted: bool = False, exclude: Exclude = (),
              include_first: bool = False, plan: str = "auto", batch_size: int = 128) -> nn.Module:
@@ -89,10 +92,16 @@ def compress(model: nn.Module, stats: PCNStats, keep: KeepArg = "all", *, width_
     if output is False and (output_keep is not None or output_threshold is not None or eigen_weighted):
         raise DrtError("output_keep, output_threshold and eigen_weighted set the output transform: pass output=True")
     ks = plan_components(model, stats, keep, width_fraction=width_fraction, eig_threshold=eig_threshold,
-                         budget=budget, exclude=exclude, include_first=include_first)
+                         budget=budget, budget_of=budget_of, min_fraction=min_fraction, exclude=exclude,
+                         include_first=include_first)
     if not ks:
         raise DrtError(f"nothing to transform: no layer with statistics ({', '.join(stats.layers) or 'none'}) is "
                        "selected (the first layer is kept unless include_first=True)")
+    thin = [f"{n} ({k}/{stats.dim(n)})" for n, k in ks.items() if k < WARN_FRACTION * stats.dim(n)]
+    if thin:
+        warnings.warn(f"PCN keeps less than 1/{round(1 / WARN_FRACTION)} of the components of {', '.join(thin)}: "
+                      "early in training spectra are steep; a later transform epoch, a floor "
+                      "(min_fraction) or a budget keeps more", stacklevel=2)
     if plan == "auto" and output is False:
         ks = {n: k for n, k in ks.items() if k < stats.dim(n)}  # nothing to save: the layer stays as it is
     check_replaceable(model, ks)
