@@ -161,3 +161,20 @@ def test_unknown_plan_is_a_clear_error():
     with pytest.raises(DrtError, match="unknown PCN execution plan"):
         PCNLinear(4, 2, 3, exec_mode="fused")
 
+
+
+@pytest.mark.parametrize("budget_of, fraction", [("params", 0.25), ("params", 0.5), ("flops", 0.5), ("flops", 0.7)])
+def test_a_budget_is_a_target_met_within_a_few_percent(budget_of, fraction):
+    from drt.analysis.cost import forward_flops
+
+    torch.manual_seed(0)
+    model = create("vgg11", (3, 16, 16), 10, width=16).double().eval()
+    stats = pcn.collect(model, [_x(128, 3, 16, 16)])
+    size = {"params": lambda m: sum(p.numel() for p in m.parameters() if p.requires_grad),
+            "flops": lambda m: forward_flops(m, (3, 16, 16))}[budget_of]
+    for keep in (0.99, "all"):  # a variance rule does not cap a budget: it fills up to the target
+        small = pcn.compress(model, stats, keep=keep, budget=fraction, budget_of=budget_of, min_fraction=1 / 16)
+        achieved = size(small) / size(model)
+        assert fraction - 0.03 <= achieved <= fraction + 0.01, (keep, achieved)
+    ks = {n: m.k for n, m in pcn.pcn_layers(small).items()}
+    assert all(k >= -(-m.d // 16) for k, m in zip(ks.values(), pcn.pcn_layers(small).values(), strict=True))
