@@ -181,6 +181,7 @@ def train(
         if not all(bool(torch.isfinite(t).all()) for t in state.model.state_dict().values() if t.is_floating_point()):
             raise DrtError(f"weights became non-finite in epoch {epoch + 1} (lr {lr:.3g}){kept}")
         done = epoch + 1
+        t_eval = time.perf_counter()
         if done % cfg.eval_every == 0 or done % cfg.epochs == 0 or done == total_epochs:  # and every IMP round's end
             entry["test_loss"], entry["test_acc"] = evaluate(state.model, data.x_test, data.y_test,
                                                              cfg.eval_batch_size, device, cfg.amp, sharded=True)
@@ -191,9 +192,13 @@ def train(
                 raise DrtError(f"the model diverged: test loss {entry['test_loss']} after epoch {epoch + 1} "
                                f"(lr {lr:.3g}){kept}")
         t1 = time.perf_counter()
+        entry["eval_time"] = t1 - t_eval  # held-out evaluation: not training time
         if drv.end_epoch(entry):  # PCN statistics + transform, IMP pruning, Early-Bird, ...
             entry["rebuilt"] = True  # a new architecture: later steps cost differently
         entry["method_time"] = time.perf_counter() - t1
+        # training wall-clock so far (setup, steps, statistics, transforms; evaluation excluded)
+        entry["wall_clock"] = setup_time + sum(h["train_time"] + h.get("method_time", 0.0) for h in history) \
+            + train_time + entry["method_time"]
         entry.update(state.log)
         history.append(entry)
         if ckpt is not None and ranks.is_main:
@@ -204,6 +209,7 @@ def train(
     final = final_metrics(state, method, history, device)
     final["method_time"] = setup_time + sum(h.get("method_time", 0.0) for h in history)
     final["train_time"] += final["method_time"]
+    final["eval_time"] = sum(h.get("eval_time", 0.0) for h in history)
     return TrainResult(state.model, history, final)
 
 
