@@ -207,7 +207,7 @@ class _PCNConvNd(PCNLayer):
         return self._conv(x, proj)
 
     def merged_weight(self) -> Tensor:  # (out, d, *kernel)
-        return torch.einsum("ok...,ck->oc...", self.weight, self.basis)
+        return torch.einsum("ok...,ck->oc...", self.weight, self.basis).contiguous()  # fast conv kernels
 
     def _subsample(self) -> tuple[Any, ...] | None:
         """Slices of a strided 1x1 conv's input (it reads only every s-th position), else None."""
