@@ -13,7 +13,7 @@ Distributed steps (2 processes, 1 thread each), medians of ``repeats`` after a b
 local work they accompany: the PCN statistics all-reduce of resnet20's input moments
 (``PCNStats.all_reduce_``) vs collecting them on 64 images and the eigen-decompositions; the mask
 agreement check (checksum + all-gather, ``check_ranks_agree``) at 90% sparsity vs the local checksum;
-the gradient average SNIP-type scores use (``rank_mean_``) vs one DDP training step.
+the gradient average SNIP-type scores use (``drt.dist.mean_``) vs one DDP training step.
 """
 
 from __future__ import annotations
@@ -34,11 +34,11 @@ import torch.nn.functional as F
 from common import data_root, write_result
 
 from drt.data import load
+from drt.dist import mean_
 from drt.methods.dense import Dense
-from drt.methods.sparse_base import check_ranks_agree, rank_mean_
 from drt.models import create
 from drt.pcn import PCNStats, collect
-from drt.sparse import masks_from_scores, prunable, random_scores
+from drt.sparse import check_ranks_agree, masks_from_scores, prunable, random_scores
 from drt.train import TrainConfig, train
 from drt.train.distributed import wrapper
 
@@ -113,7 +113,7 @@ def _collectives(rank: int, world: int, port: int, out: str, repeats: int) -> No
     row["mask_check_ranks_agree_ms"] = _median_ms(lambda: check_ranks_agree(masks, "bench"), repeats)
     # gradient average of the scores vs one DDP training step (batch 64 per rank)
     grads = {n: torch.randn_like(p) for n, p in weights.items()}
-    row["score_grad_all_reduce_ms"] = _median_ms(lambda: rank_mean_(grads), repeats)
+    row["score_grad_all_reduce_ms"] = _median_ms(lambda: mean_(grads), repeats)
     ddp = wrapper(torch.device("cpu"))(net)
     opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
 

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from drt.cli import Parser
+from drt.cli import analyze as analyze_cli
 from drt.errors import DrtError
 from drt.experiments.analyze import track_spectra
 from drt.experiments.analyze_cka import analyze_cka
-from drt.experiments.analyze_cli import add_analyze_parser, cmd_analyze
 from drt.experiments.config import make_config
 from drt.experiments.loading import load_checkpoint_model, load_run_model
 from drt.experiments.runner import run
@@ -39,8 +39,8 @@ def finished(tmp_path_factory):
 
 def cli(*argv: str) -> int:
     parser = Parser(prog="drt")
-    add_analyze_parser(parser.add_subparsers(dest="command", required=True, parser_class=Parser))
-    return cmd_analyze(parser.parse_args(["analyze", *argv]))
+    analyze_cli.add_parser(parser.add_subparsers(dest="command", required=True, parser_class=Parser))
+    return analyze_cli.command(parser.parse_args(["analyze", *argv]))
 
 
 def is_png(path: Path) -> bool:

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from drt.analysis.cka_analysis import cka_table, layer_cka, plot_cka_heatmap
+from drt.analysis.cka_analysis import cka_table, layer_cka
 from drt.analysis.hooks import FeatureHooks
 from drt.cka import (
     MinibatchCKA,
@@ -25,6 +25,7 @@ from drt.cka import (
     u_centre,
 )
 from drt.errors import DrtError
+from drt.experiments.plots import cka_heatmap
 
 F64 = torch.float64
 
@@ -273,7 +274,7 @@ def test_layer_cka_heatmap_and_table(tmp_path):
     assert torch.allclose(m, m.T, atol=1e-12)
     other = layer_cka(model, data, names, model_b=_tiny_model(), names_b=["1"], unbiased=True)
     assert other.shape == (3, 1) and abs(other[1, 0].item() - 1.0) < 1e-10  # identical init (seed 0)
-    png = plot_cka_heatmap(m, names, names, tmp_path / "sub" / "cka.png", title="tiny")
+    png = cka_heatmap(m, names, names, tmp_path / "sub" / "cka.png", title="tiny")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 1000
     table = cka_table(m, names, names).splitlines()
     assert table[0] == "| | 0 | 1 | 3 |" and len(table) == 5 and table[2].startswith("| 0 | 1.000 |")

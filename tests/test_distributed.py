@@ -34,10 +34,9 @@ from drt.methods.pcn import PCN, PCNOptions
 from drt.methods.popup import EdgePopup, PopupOptions
 from drt.methods.prune_at_init import SNIP, ScoredOptions
 from drt.methods.snfs import SNFS
-from drt.methods.sparse_base import check_ranks_agree
 from drt.methods.subspace import Subspace, SubspaceOptions
 from drt.models import create
-from drt.sparse import MaskSet
+from drt.sparse import MaskSet, check_ranks_agree
 from drt.train import TrainConfig, train
 
 B = 32  # per-rank batch; the reference uses 2 * B
@@ -208,11 +207,10 @@ def test_cli_nproc_relaunches_under_torchrun_and_only_rank0_records(tmp_path):
 
 
 def test_scores_hand_the_raw_signed_gradient_to_reduce():
-    """``reduce`` sees the gradient before |.| (what ranks must average); the context sets a default."""
+    """``reduce`` sees the gradient before |.| (what ranks must average), and only when it is given."""
     import torch.nn.functional as F
 
     from drt.sparse import snip_scores
-    from drt.sparse.scores import reducing_gradients
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(3, 2))
@@ -227,8 +225,7 @@ def test_scores_hand_the_raw_signed_gradient_to_reduce():
     scores = snip_scores(model, F.cross_entropy, [(x, y)], reduce=halve)
     assert torch.allclose(seen[0], expected) and (seen[0] < 0).any()
     assert torch.allclose(scores["0.weight"], 0.5 * (expected * model[0].weight).abs())
-    with reducing_gradients(halve):
-        again = snip_scores(model, F.cross_entropy, [(x, y)])
+    again = snip_scores(model, F.cross_entropy, [(x, y)], reduce=halve)
     assert len(seen) == 2 and torch.equal(again["0.weight"], scores["0.weight"])
-    snip_scores(model, F.cross_entropy, [(x, y)])  # outside the block: no reduce
+    snip_scores(model, F.cross_entropy, [(x, y)])  # without reduce: the local gradient, nothing called
     assert len(seen) == 2

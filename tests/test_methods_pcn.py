@@ -9,9 +9,9 @@ from drt.errors import DrtError
 from drt.experiments.config import make_config
 from drt.methods.cka_sr import CKASR, CKASROptions
 from drt.methods.dense import Dense
-from drt.methods.pcn import PCN, PCNOptions, parse_keep
+from drt.methods.pcn import PCN, PCNOptions
 from drt.models import create
-from drt.pcn import pcn_layers
+from drt.pcn import parse_keep, pcn_layers
 from drt.train import TrainConfig, train
 
 from helpers import train_until

@@ -14,17 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from drt.cli import report as report_cli
 from drt.errors import DrtError
 from drt.experiments.config import make_config
 from drt.experiments.plots import pareto_front
-from drt.experiments.report import (
-    add_report_parser,
-    cmd_report,
-    finished_runs,
-    group_runs,
-    parse_filters,
-    table_rows,
-)
+from drt.experiments.report import finished_runs, group_runs, parse_filters, table_rows
 from drt.experiments.report_render import to_html, write_report
 from drt.experiments.runner import run
 from drt.experiments.store import Store
@@ -155,10 +149,10 @@ def test_report_files_are_self_contained_twins(report):
 
 def test_cmd_report(results, tmp_path, capsys):
     p = argparse.ArgumentParser()
-    add_report_parser(p.add_subparsers(dest="command"))
+    report_cli.add_parser(p.add_subparsers(dest="command"))
     args = p.parse_args(["report", "--results-dir", str(results), "--out", str(tmp_path), "--filter",
                          "dataset=mnist1d"])
-    assert cmd_report(args) == 0
+    assert report_cli.command(args) == 0
     assert "report of 1 finished runs" in capsys.readouterr().out
     assert "mnist1d" in (tmp_path / "report.md").read_text() and "digits" not in (tmp_path / "report.md").read_text()
 

@@ -12,10 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from drt.cli import sweep as sweep_cli
 from drt.errors import DrtError
 from drt.experiments.report import finished_runs, group_runs, table_rows
 from drt.experiments.store import Store
-from drt.experiments.sweep import add_sweep_parser, cmd_sweep, threads_per_worker
+from drt.experiments.sweep import threads_per_worker
 from drt.experiments.sweep_plan import plan
 
 BASE = {"dataset": "digits", "model": "mlp", "epochs": 2}
@@ -101,21 +102,21 @@ def test_cli_run_that_cannot_start_leaves_no_placeholder(tmp_path, capsys):
 
 def _args(*argv: str) -> argparse.Namespace:
     p = argparse.ArgumentParser()
-    add_sweep_parser(p.add_subparsers(dest="command"))
+    sweep_cli.add_parser(p.add_subparsers(dest="command"))
     return p.parse_args(["sweep", *argv])
 
 
 def test_cmd_sweep_dry_run_and_missing_file(tmp_path, capsys):
     f = tmp_path / "s.yaml"
     f.write_text("base: {dataset: digits, model: mlp, epochs: 1}\ngrid:\n  seed: [0, 1, 2]\n")
-    assert cmd_sweep(_args(str(f), "--results-dir", str(tmp_path / "r"), "--dry-run")) == 0
+    assert sweep_cli.command(_args(str(f), "--results-dir", str(tmp_path / "r"), "--dry-run")) == 0
     out = capsys.readouterr().out
     assert out.count("planned ") == 3 and "3 runs planned, 0 already done" in out
     with pytest.raises(DrtError, match="not found"):
-        cmd_sweep(_args(str(tmp_path / "none.yaml")))
+        sweep_cli.command(_args(str(tmp_path / "none.yaml")))
     f.write_text("grid: [unclosed\n")
     with pytest.raises(DrtError, match="not valid YAML"):
-        cmd_sweep(_args(str(f)))
+        sweep_cli.command(_args(str(f)))
 
 
 SWEEP = """\
@@ -124,9 +125,9 @@ grid:
   seed: [0, 1, 2]
 """
 CHILD = ("import argparse, sys\n"
-         "from drt.experiments.sweep import add_sweep_parser, cmd_sweep\n"
-         "p = argparse.ArgumentParser(); add_sweep_parser(p.add_subparsers(dest='command'))\n"
-         "sys.exit(cmd_sweep(p.parse_args(['sweep', *sys.argv[1:]])))\n")
+         "from drt.cli import sweep\n"
+         "p = argparse.ArgumentParser(); sweep.add_parser(p.add_subparsers(dest='command'))\n"
+         "sys.exit(sweep.command(p.parse_args(['sweep', *sys.argv[1:]])))\n")
 
 
 def _state(db: Path) -> dict[str, dict]:

@@ -13,6 +13,7 @@ gradients, and scale invariance holds down to tiny magnitudes.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 from torch import Tensor
@@ -197,7 +198,7 @@ def cka_sr_loss(stages: Sequence[Sequence[Tensor]], n_samples: int = 8) -> Tenso
 def aug_cka_loss(features: Sequence[Tensor] | Sequence[Sequence[Tensor]], n_samples: int = 8) -> Tensor:
     """AugCKA-SR: mean biased linear CKA over all unordered pairs (stages are flattened if nested)."""
     _check_n_samples(n_samples)
-    flat = [f for s in features for f in (s if isinstance(s, list | tuple) else [s])]
+    flat = [f for s in features for f in (s if isinstance(s, list | tuple) else [cast(Tensor, s)])]
     if len(flat) < 2:
         raise DrtError(f"AugCKA-SR needs at least 2 feature tensors; got {len(flat)}")
     _same_n(flat)

@@ -1,9 +1,11 @@
-"""Layer × layer CKA of one model or two models over a data set: matrix, heatmap, Markdown table."""
+"""Layer × layer CKA of one model or two models over a data set: the matrix and its Markdown table.
+
+The heatmap is drawn by ``drt.experiments.plots.cka_heatmap`` (plots live in one place)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from pathlib import Path
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -35,13 +37,14 @@ def layer_cka(
     are skipped. Returns a CPU float64 tensor.
     """
     names_b = list(names_a if names_b is None else names_b)
-    same = model_b is None or model_b is model_a
-    models = [model_a] if same else [model_a, model_b]
+    other = model_a if model_b is None else model_b
+    same = other is model_a
+    models = [model_a] if same else [model_a, other]
     was_training = [m.training for m in models]
     acc = MinibatchCKA(unbiased=unbiased)
     hooks = [FeatureHooks(model_a, list(names_a) + (names_b if same else []), detach=True)]
     if not same:
-        hooks.append(FeatureHooks(model_b, names_b, detach=True))
+        hooks.append(FeatureHooks(other, names_b, detach=True))
     try:
         for m in models:
             m.eval()
@@ -49,7 +52,7 @@ def layer_cka(
             for i, batch in enumerate(batches):
                 if max_batches is not None and i >= max_batches:
                     break
-                x = batch[0] if isinstance(batch, list | tuple) else batch
+                x = cast(Tensor, batch[0] if isinstance(batch, list | tuple) else batch)
                 if x.shape[0] < (4 if unbiased else 2):
                     continue
                 for m, h in zip(models, hooks, strict=True):
@@ -68,44 +71,17 @@ def layer_cka(
     return acc.compute().cpu()
 
 
-def _check(matrix: Tensor, names_a: Sequence[str], names_b: Sequence[str]) -> None:
+def check_names(matrix: Tensor, names_a: Sequence[str], names_b: Sequence[str]) -> None:
     if tuple(matrix.shape) != (len(names_a), len(names_b)):
         raise DrtError(
             f"CKA matrix of shape {tuple(matrix.shape)} does not match {len(names_a)} × {len(names_b)} names"
         )
 
 
-def plot_cka_heatmap(
-    matrix: Tensor,
-    names_a: Sequence[str],
-    names_b: Sequence[str] | None,
-    path: str | Path,
-    title: str = "Linear CKA",
-) -> Path:
-    """Write a PNG heatmap of ``matrix`` (rows ``names_a``, columns ``names_b``) to ``path``; returns it."""
-    from matplotlib.figure import Figure  # Agg canvas, no pyplot global state
-
-    names_b = list(names_a if names_b is None else names_b)
-    _check(matrix, names_a, names_b)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    side = 2.5 + 0.35 * max(len(names_a), len(names_b))
-    fig = Figure(figsize=(side + 1.5, side), layout="constrained")
-    ax = fig.subplots()
-    m = matrix.detach().cpu().double().numpy()
-    im = ax.imshow(m, vmin=min(0.0, float(m.min())), vmax=1.0, cmap="magma", origin="lower")
-    ax.set_xticks(range(len(names_b)), names_b, rotation=90, fontsize=7)
-    ax.set_yticks(range(len(names_a)), names_a, fontsize=7)
-    ax.set_title(title)
-    fig.colorbar(im, ax=ax, label="CKA")
-    fig.savefig(path, dpi=120, format="png")
-    return path
-
-
 def cka_table(matrix: Tensor, names_a: Sequence[str], names_b: Sequence[str] | None = None) -> str:
     """Markdown table of ``matrix``: one row per ``names_a``, one column per ``names_b``, 3 decimals."""
     names_b = list(names_a if names_b is None else names_b)
-    _check(matrix, names_a, names_b)
+    check_names(matrix, names_a, names_b)
     lines = ["| | " + " | ".join(names_b) + " |", "|---" * (len(names_b) + 1) + "|"]
     for name, row in zip(names_a, matrix.tolist(), strict=True):
         lines.append(f"| {name} | " + " | ".join(f"{v:.3f}" for v in row) + " |")

@@ -19,10 +19,18 @@ from __future__ import annotations
 import resource
 import sys
 from collections.abc import Mapping
+from typing import Protocol, runtime_checkable
 
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
+
+
+@runtime_checkable
+class DeclaresFrozen(Protocol):
+    """A module holding fixed non-parameter weights (a PCN layer's V and mu) that count as frozen."""
+
+    def drt_frozen_numel(self) -> int: ...
 
 
 def param_counts(
@@ -46,7 +54,7 @@ def param_counts(
         elif name in trained:
             keep = masks[name] if name in masks else torch.ones_like(trained[name])
             frozen += int((keep & ~trained[name].bool()).sum())
-    extra = sum(int(m.drt_frozen_numel()) for m in model.modules() if hasattr(m, "drt_frozen_numel"))
+    extra = sum(int(m.drt_frozen_numel()) for m in model.modules() if isinstance(m, DeclaresFrozen))
     return {
         "total": total,
         "trainable": total - masked - frozen,
@@ -88,11 +96,6 @@ def forward_flops(model: nn.Module, input_shape: tuple[int, ...], device: torch.
     return _count(model, input_shape, device)[0]
 
 
-def layer_flops(model: nn.Module, input_shape: tuple[int, ...], device: torch.device | str = "cpu") -> dict[str, int]:
-    """Forward FLOPs of one sample per leaf module (qualified name) that does any."""
-    return _count(model, input_shape, device)[1]
-
-
 def flop_counts(
     model: nn.Module, input_shape: tuple[int, ...], masks: Mapping[str, torch.Tensor] | None = None,
     device: torch.device | str = "cpu",
@@ -108,14 +111,6 @@ def flop_counts(
         if mask is not None:
             saved += f * (1.0 - float(mask.float().mean()))
     return total, int(round(total - saved))
-
-
-def effective_flops(
-    model: nn.Module, input_shape: tuple[int, ...], masks: Mapping[str, torch.Tensor] | None = None,
-    device: torch.device | str = "cpu",
-) -> int:
-    """Forward FLOPs with each masked layer's FLOPs weighted by its weight density."""
-    return flop_counts(model, input_shape, masks, device)[1]
 
 
 def peak_memory_mb(device: torch.device) -> float:

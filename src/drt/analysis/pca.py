@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -36,7 +37,7 @@ def as_observations(x: Tensor, *, channels_last: bool, pool_to: int | None = Non
     if x.dim() < 3:
         raise DrtError(f"conv input must be (N, C, *spatial); got shape {tuple(x.shape)}")
     if pool_to is not None and any(s > pool_to for s in x.shape[2:]):
-        size = tuple(min(s, pool_to) for s in x.shape[2:])
+        size: Any = tuple(min(s, pool_to) for s in x.shape[2:])  # one size per spatial dimension
         x = F.adaptive_avg_pool1d(x, size) if x.dim() == 3 else F.adaptive_avg_pool2d(x, size)
     return x.movedim(1, -1).reshape(-1, x.shape[1])
 

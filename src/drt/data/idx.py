@@ -65,16 +65,16 @@ def read_idx_splits(name: str, folder: Path, classes: list[str]) -> RawSplits:
     """Read the four standard IDX files of data set ``name`` from ``folder`` as (N, 1, H, W) uint8."""
     arrays = {}
     for split, (img_stem, lab_stem) in _STEMS.items():
-        paths = [_find(folder, img_stem), _find(folder, lab_stem)]
-        if None in paths:
-            missing = img_stem if paths[0] is None else lab_stem
+        img, lab = _find(folder, img_stem), _find(folder, lab_stem)
+        if img is None or lab is None:
+            missing = img_stem if img is None else lab_stem
             raise DrtError(f"data set {name!r}: {folder} has no {missing}[.gz]; expected {IDX_EXPECTS}; "
                            f"{how_to_supply(name)}")
-        x, y = read_idx(paths[0]), read_idx(paths[1])
+        x, y = read_idx(img), read_idx(lab)
         if x.ndim != 3 or y.ndim != 1 or len(x) != len(y) or x.dtype != np.uint8:
-            raise DrtError(f"data set {name!r}: {paths[0].name} {x.shape} {x.dtype} and {paths[1].name} "
+            raise DrtError(f"data set {name!r}: {img.name} {x.shape} {x.dtype} and {lab.name} "
                            f"{y.shape} are not matching uint8 images (N, H, W) and labels (N,)")
-        arrays[split] = (x[:, None], check_labels(y, len(classes), paths[1]))
+        arrays[split] = (x[:, None], check_labels(y, len(classes), lab))
     (x_train, y_train), (x_test, y_test) = arrays["train"], arrays["test"]
     return RawSplits(x_train, y_train, x_test, y_test, classes)
 

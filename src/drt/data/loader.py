@@ -76,5 +76,6 @@ class TensorLoader:
             xb = self.x[mine.to(self.x.device)].to(self.device, non_blocking=True)
             yb = self.y[mine.to(self.y.device)].to(self.device, non_blocking=True)
             if params is not None:
-                xb = apply_crop_flip(xb, *(p[lo:hi] for p in params))
+                dy, dx, flip = (p[lo:hi] for p in params)
+                xb = apply_crop_flip(xb, dy, dx, flip)
             yield xb, yb

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import tarfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 
 from drt.data.paths import digest, file_key
@@ -79,7 +79,7 @@ class TarTree(FileTree):
         self.archive, self.name = archive, str(archive)
         self.files = sorted(rel for rel, _, _ in self._members())
 
-    def _members(self) -> Iterator[tuple[str, tarfile.TarFile, tarfile.TarInfo]]:
+    def _members(self) -> Generator[tuple[str, tarfile.TarFile, tarfile.TarInfo], None, None]:
         """Stream (relative path, open archive, member) over the archive's safely named regular files."""
         try:
             with tarfile.open(self.archive, mode="r|*") as tar:

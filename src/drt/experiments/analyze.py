@@ -21,16 +21,16 @@ from drt.analysis.cost import forward_flops, param_counts
 from drt.analysis.pca import explained_variance, k_explained
 from drt.data import Dataset, TensorLoader
 from drt.errors import DrtError
+from drt.experiments import plots
 from drt.experiments.config import RunConfig
 from drt.experiments.env import resolve_device
-from drt.experiments.loading import (
-    load_data,
-)
+from drt.experiments.loading import load_data
 from drt.experiments.store import to_csv
 from drt.methods import Method, TrainState
 from drt.methods.dense import Dense
 from drt.models import create
 from drt.pcn import PCNStats, collect, compress, expand, pcn_layers, subspace_overlaps
+from drt.pcn.layers import weight_of
 from drt.train import train
 from drt.train.loop import evaluate
 
@@ -65,7 +65,8 @@ def spectra_rows(model: nn.Module, stats: PCNStats, thresholds: Sequence[float])
     rows = []
     for name in stats.layers:
         layer = model.get_submodule(name)
-        out, taps = layer.weight.shape[0], math.prod(layer.weight.shape[2:])
+        w = weight_of(layer)
+        out, taps = w.shape[0], math.prod(w.shape[2:])
         d, vals = stats.dim(name), stats.eigvals(name)
         row: dict[str, Any] = {"layer": name, "d": d, "k_now": int(pcn[name].k) if name in pcn else d,
                                "params_now": sum(p.numel() for p in layer.parameters() if p.requires_grad)}
@@ -96,40 +97,6 @@ def write_table(rows: list[dict[str, Any]], out: Path, stem: str, heading: str) 
     return [md, csv]
 
 
-def plot(path: Path, panels: list[dict[str, Any]], title: str = "") -> Path:
-    """PNG of side-by-side line panels: each {series: {label: (xs, ys)}, xlabel, ylabel, title, logx, logy,
-    hlines, ylim, xint (integer x ticks)}. Matplotlib's Figure API (Agg), no pyplot state."""
-    from matplotlib import colormaps
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import MaxNLocator
-
-    fig = Figure(figsize=(5.2 * len(panels), 4.2), layout="constrained")
-    axes = fig.subplots(1, len(panels), squeeze=False)[0]
-    for ax, p in zip(axes, panels, strict=True):
-        n = len(p["series"])
-        colors = [colormaps["viridis"](i / max(n - 1, 1)) for i in range(n)] if n > 10 else [None] * n
-        for (label, (xs, ys)), c in zip(p["series"].items(), colors, strict=True):
-            ax.plot(xs, ys, marker="o" if len(xs) <= 12 else None, ms=3, lw=1.2, label=label, color=c)
-        for y in p.get("hlines", ()):
-            ax.axhline(y, ls="--", lw=0.8, color="grey")
-        ax.set(xlabel=p["xlabel"], ylabel=p["ylabel"], title=p.get("title", ""))
-        if p.get("logx"):
-            ax.set_xscale("log")
-        if p.get("logy"):
-            ax.set_yscale("log")
-        if p.get("xint"):
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        if p.get("ylim"):
-            ax.set_ylim(*p["ylim"])
-        ax.grid(alpha=0.3)
-        if n:
-            ax.legend(fontsize=6 if n > 8 else 8, ncol=2 if n > 12 else 1)
-    if title:
-        fig.suptitle(title)
-    fig.savefig(path, dpi=110, format="png")
-    return path
-
-
 def write_spectra(out: Path, model: nn.Module, stats: PCNStats, thresholds: Sequence[float],
                   title: str) -> list[Path]:
     """spectra.png, explained_variance.png, spectra.md/.csv (per-layer k and parameters), spectra.json."""
@@ -143,7 +110,8 @@ def write_spectra(out: Path, model: nn.Module, stats: PCNStats, thresholds: Sequ
                  "title": "input covariance spectra", "logy": True}
     ev_panel = {"series": curves, "xlabel": "k (components)", "logx": True, "hlines": thresholds,
                 "ylabel": "cumulative explained variance", "title": "explained variance vs k"}
-    files = [plot(out / "spectra.png", [eig_panel], title), plot(out / "explained_variance.png", [ev_panel], title)]
+    files = [plots.line_panels(out / "spectra.png", [eig_panel], title),
+             plots.line_panels(out / "explained_variance.png", [ev_panel], title)]
     rows = spectra_rows(model, stats, thresholds)
     files += write_table(rows, out, "spectra", f"# PCN spectra: {title}\n\nStatistics of each layer's input "
                          f"on {stats.samples} un-augmented training samples (eval mode). k@t: smallest k explaining "
@@ -195,7 +163,7 @@ class SpectraTracker(Method):
         self.stats: PCNStats | None = None
 
     def epoch_end(self, state: TrainState) -> None:
-        stats = model_stats(state.model, state.batches(), self.samples)
+        stats = model_stats(state.model, state.training_batches(), self.samples)
         overlaps = subspace_overlaps(self.stats, stats, self.overlap_keep) if self.stats is not None else {}
         for name in stats.layers:
             vals = stats.eigvals(name)
@@ -254,7 +222,8 @@ def write_tracking(out: Path, cfg: RunConfig, tracker: SpectraTracker, model: nn
                  "title": f"k at {_tag(t)} explained variance"} for t in ths]
     overlap = {"series": series("overlap"), "xlabel": "epoch", "ylabel": "||Va^T Vb||_F^2 / k", "xint": True,
                "ylim": (0, 1.02), "title": f"subspace overlap with the previous epoch (k at {ov})"}
-    files = [plot(out / "k_vs_epoch.png", k_panels, title), plot(out / "overlap_vs_epoch.png", [overlap], title)]
+    files = [plots.line_panels(out / "k_vs_epoch.png", k_panels, title),
+             plots.line_panels(out / "overlap_vs_epoch.png", [overlap], title)]
     files += write_table(rows, out, "tracking", f"# PCN spectra over training: {title}\n\nPer epoch and layer: "
                          f"k at each explained-variance threshold and the overlap ||Va^T Vb||_F^2 / k with the "
                          f"previous epoch's top-k subspace (k at {ov}; 1 = settled, k/d = random), from "
@@ -266,7 +235,7 @@ def write_tracking(out: Path, cfg: RunConfig, tracker: SpectraTracker, model: nn
     if acc:
         pts = {f"epoch {e}": [r for r in acc if r["epoch"] == e and r["keep"] != "dense"]
                for e in dict.fromkeys(r["epoch"] for r in acc)}
-        files.append(plot(out / "accuracy_vs_params.png", [{
+        files.append(plots.line_panels(out / "accuracy_vs_params.png", [{
             "series": {k: ([r["params_trainable"] for r in v], [r["test_acc"] for r in v]) for k, v in pts.items()},
             "xlabel": "trainable parameters", "ylabel": "test accuracy", "logx": True,
             "title": "accuracy right after the PCN transform (no training)"}], title))

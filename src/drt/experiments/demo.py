@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from drt.experiments.config import RunConfig, make_config
+from drt.experiments.report_render import write_report
 from drt.experiments.runner import run
 from drt.experiments.small_dense import small_dense_config
 from drt.experiments.table import format_table
@@ -29,7 +30,7 @@ def demo(results_dir: str | Path = "results", *, device: str = "auto", epochs: i
          progress: bool = True) -> list[dict[str, Any]]:
     """Train every demo configuration over the seeds; print them ranked by mean test accuracy."""
     results_dir = Path(results_dir) / "demo"
-    rows = []
+    rows: list[dict[str, Any]] = []
     total = len(DEMO_RUNS) + 1
 
     def train_seeds(configs: list[RunConfig], label: str) -> list[dict[str, Any]]:
@@ -52,8 +53,6 @@ def demo(results_dir: str | Path = "results", *, device: str = "auto", epochs: i
           "final-epoch test accuracy mean ± std; trainable = trained dimension; FLOPs = forward per image "
           "(multiply-add = 2), effective = weighted by layer density; time = measured training seconds")
     print(format_table(rows))
-    from drt.experiments.report_render import write_report
-
     html, md, _ = write_report(results_dir, results_dir / "report")
     print(f"results store: {results_dir / 'drt.sqlite'}")
     print(f"report: {html} (self-contained, opens offline) and {md}")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -13,18 +12,14 @@ from torch import nn
 from drt.data import Dataset, load
 from drt.errors import DrtError
 from drt.experiments.config import DataConfig, ModelConfig, RunConfig, make_config
-from drt.experiments.runner import STORE_NAME
-from drt.experiments.store import Store
+from drt.experiments.store import STORE_NAME, Store
+from drt.io import load_file
 from drt.methods import METHODS, REGULARISERS
 from drt.models import create
 from drt.options import build
 from drt.pcn import rebuild
 from drt.pcn.spec import FORMAT
-from drt.train.checkpoint import load_checkpoint, load_file
-
-
-def results_dir_default() -> str:
-    return os.environ.get("DRT_RESULTS_DIR", "results")
+from drt.train.checkpoint import load_checkpoint
 
 
 def resolve_run(results_dir: str | Path, run: str) -> dict[str, Any]:

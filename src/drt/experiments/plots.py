@@ -1,6 +1,8 @@
-"""Report figures as PNG bytes: Pareto plots of accuracy against costs, and training curves.
+"""Every figure drt draws: the report's Pareto plots and training curves (PNG bytes), and the analyses'
+line panels (PCN spectra, k and overlap over training) and CKA heatmaps (PNG files).
 
-Uses matplotlib's object API (no pyplot, no global state, no display needed).
+Uses matplotlib's object API (no pyplot, no global state, no display needed); matplotlib is imported
+inside the functions, so importing drt does not load it.
 """
 
 from __future__ import annotations
@@ -8,8 +10,16 @@ from __future__ import annotations
 import io
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from torch import Tensor
+
+from drt.analysis.cka_analysis import check_names
+
+if TYPE_CHECKING:  # matplotlib is imported where a figure is drawn
+    from matplotlib.figure import Figure
 
 AXES = (("params_trainable", "trainable parameters", True),
         ("flops_effective", "effective forward FLOPs / sample", True),
@@ -37,7 +47,7 @@ def pareto_front(xs: Sequence[float], ys: Sequence[float]) -> list[bool]:
     return out
 
 
-def _png(fig) -> bytes:
+def _png(fig: Figure) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     return buf.getvalue()
@@ -108,3 +118,64 @@ def curves_png(curves: Sequence[tuple[str, np.ndarray, np.ndarray]], title: str)
     ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
     ax.set_title(title)
     return _png(fig)
+
+
+def line_panels(path: Path, panels: list[dict[str, Any]], title: str = "") -> Path:
+    """PNG of side-by-side line panels: each {series: {label: (xs, ys)}, xlabel, ylabel, title, logx, logy,
+    hlines, ylim, xint (integer x ticks)}. Matplotlib's Figure API (Agg), no pyplot state."""
+    from matplotlib import colormaps
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    fig = Figure(figsize=(5.2 * len(panels), 4.2), layout="constrained")
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, p in zip(axes, panels, strict=True):
+        n = len(p["series"])
+        colors = [colormaps["viridis"](i / max(n - 1, 1)) for i in range(n)] if n > 10 else [None] * n
+        for (label, (xs, ys)), c in zip(p["series"].items(), colors, strict=True):
+            ax.plot(xs, ys, marker="o" if len(xs) <= 12 else None, ms=3, lw=1.2, label=label, color=c)
+        for y in p.get("hlines", ()):
+            ax.axhline(y, ls="--", lw=0.8, color="grey")
+        ax.set(xlabel=p["xlabel"], ylabel=p["ylabel"], title=p.get("title", ""))
+        if p.get("logx"):
+            ax.set_xscale("log")
+        if p.get("logy"):
+            ax.set_yscale("log")
+        if p.get("xint"):
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if p.get("ylim"):
+            ax.set_ylim(*p["ylim"])
+        ax.grid(alpha=0.3)
+        if n:
+            ax.legend(fontsize=6 if n > 8 else 8, ncol=2 if n > 12 else 1)
+    if title:
+        fig.suptitle(title)
+    fig.savefig(path, dpi=110, format="png")
+    return path
+
+
+def cka_heatmap(
+    matrix: Tensor,
+    names_a: Sequence[str],
+    names_b: Sequence[str] | None,
+    path: str | Path,
+    title: str = "Linear CKA",
+) -> Path:
+    """Write a PNG heatmap of ``matrix`` (rows ``names_a``, columns ``names_b``) to ``path``; returns it."""
+    from matplotlib.figure import Figure  # Agg canvas, no pyplot global state
+
+    names_b = list(names_a if names_b is None else names_b)
+    check_names(matrix, names_a, names_b)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    side = 2.5 + 0.35 * max(len(names_a), len(names_b))
+    fig = Figure(figsize=(side + 1.5, side), layout="constrained")
+    ax = fig.subplots()
+    m = matrix.detach().cpu().double().numpy()
+    im = ax.imshow(m, vmin=min(0.0, float(m.min())), vmax=1.0, cmap="magma", origin="lower")
+    ax.set_xticks(range(len(names_b)), names_b, rotation=90, fontsize=7)
+    ax.set_yticks(range(len(names_a)), names_a, fontsize=7)
+    ax.set_title(title)
+    fig.colorbar(im, ax=ax, label="CKA")
+    fig.savefig(path, dpi=120, format="png")
+    return path

@@ -6,10 +6,8 @@ plot — and within a group by method/budget; each row is mean ± std over seeds
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
-import os
 import re
 import statistics
 from collections import Counter, defaultdict
@@ -20,7 +18,10 @@ from typing import Any
 import numpy as np
 
 from drt.errors import DrtError
-from drt.experiments.store import Store
+from drt.experiments.config import SECTIONS, valid_keys
+from drt.experiments.store import STORE_NAME, Store
+from drt.methods import METHODS, REGULARISERS
+from drt.options import to_dict
 
 GROUP_BY = ("dataset", "model", "epochs")
 NOT_IDENTITY = ("seed", "data_dir", "data_root", "eval_every")  # seed + config.NOT_TRAINING
@@ -40,10 +41,6 @@ def flat_settings(config: dict[str, Any]) -> dict[str, Any]:
 
 def _defaults(method: str) -> dict[str, Any]:
     """Flat default settings for ``method`` (empty for its options if the method is no longer registered)."""
-    from drt.experiments.config import SECTIONS
-    from drt.methods import METHODS, REGULARISERS
-    from drt.options import to_dict
-
     out: dict[str, Any] = {"reg": ""}
     for cls in SECTIONS.values():
         out.update(to_dict(cls()))
@@ -72,8 +69,6 @@ def show(v: Any) -> str:
 
 def parse_filters(items: list[str]) -> dict[str, list[str]]:
     """``["dataset=cifar10", "method=pcn", "method=dense"]`` -> {key: accepted values} (same key = any of)."""
-    from drt.experiments.config import valid_keys
-
     out: dict[str, list[str]] = defaultdict(list)
     for item in items:
         key, sep, value = item.partition("=")
@@ -227,7 +222,7 @@ def curves(store: Store, group: Group) -> list[tuple[str, np.ndarray, np.ndarray
 def finished_runs(results_dir: str | Path, filters: dict[str, list[str]] | None = None
                   ) -> tuple[Store, list[dict[str, Any]]]:
     """The store and its ``done`` runs matching ``filters``; DrtError if there are none."""
-    path = Path(results_dir) / "drt.sqlite"
+    path = Path(results_dir) / STORE_NAME
     if not path.exists():
         raise DrtError(f"no results store at {path}; run `drt train` or `drt sweep` first, or pass --results-dir")
     store = Store(path)
@@ -246,24 +241,3 @@ def analysis_images(results_dir: str | Path, run_ids: set[str]) -> list[Path]:
     root = Path(results_dir) / "analysis"
     found = sorted(root.rglob("*.png")) if root.is_dir() else []
     return [p for p in found if all(i in run_ids for i in RUN_ID.findall(str(p.relative_to(root))))]
-
-
-def add_report_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Register ``drt report`` on the CLI's sub-parsers."""
-    p = subparsers.add_parser("report", help="HTML + Markdown report of the finished runs in a results store")
-    p.add_argument("--results-dir", default=os.environ.get("DRT_RESULTS_DIR", "results"),
-                   help="where the store and runs live")
-    p.add_argument("--out", help="report folder (default: <results-dir>/report)")
-    p.add_argument("--filter", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
-                   help="only runs with these settings (e.g. dataset=cifar10 method=pcn); a repeated key means any of")
-    return p
-
-
-def cmd_report(args: argparse.Namespace) -> int:
-    """``drt report``: write report.html and report.md and say where they are."""
-    from drt.experiments.report_render import write_report
-
-    out = Path(args.out) if args.out else Path(args.results_dir) / "report"
-    html, md, n = write_report(args.results_dir, out, parse_filters(args.filter))
-    print(f"report of {n} finished runs: {html} (self-contained, opens offline) and {md}")
-    return 0

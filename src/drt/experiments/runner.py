@@ -8,26 +8,28 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from drt import dist
 from drt.data import load
 from drt.errors import DrtError
 from drt.experiments.config import RunConfig
 from drt.experiments.env import environment, resolve_device
-from drt.experiments.store import Store
+from drt.experiments.store import STORE_NAME, Store
+from drt.io import save_atomic
 from drt.methods import METHODS, REGULARISERS
 from drt.models import create
-from drt.train import distributed, train
+from drt.train import train
+from drt.train.distributed import local_device
 
 
 class RunBusy(DrtError):
     """The run is being trained by another live process."""
 
-
-STORE_NAME = "drt.sqlite"
 
 
 def run_identity(cfg: RunConfig, world_size: int) -> str:
@@ -38,16 +40,16 @@ def run_identity(cfg: RunConfig, world_size: int) -> str:
 
 
 def run(cfg: RunConfig, results_dir: str | Path = "results", *, device: str = "auto", force: bool = False,
-        resume: bool = False, progress: bool = False, log=print) -> dict[str, Any]:
+        resume: bool = False, progress: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Train one configuration and record it; a finished config is a no-op unless ``force``.
 
     Returns the stored final metrics (with ``run_id`` and ``skipped``). Under torchrun call it on
     every rank (after joining the process group); ``device`` names the kind, each rank takes its own.
     """
-    ranks = distributed.current()
+    ranks = dist.current()
     results_dir = Path(results_dir)
     run_id = run_identity(cfg, ranks.world_size)
-    dev = distributed.local_device(resolve_device(device))
+    dev = local_device(resolve_device(device))
     run_dir = results_dir / "runs" / run_id
     ckpt = run_dir / "checkpoint.pt"
 
@@ -57,7 +59,9 @@ def run(cfg: RunConfig, results_dir: str | Path = "results", *, device: str = "a
         busy = store.claim(run_id, cfg.label(), cfg.to_dict(), redo=force)
         if busy == "done":
             log(f"{cfg.label()}: already done (run {run_id}); use --force to re-run")
-            return {**store.run(run_id)["metrics"], "run_id": run_id, "skipped": True}
+            row = store.run(run_id)
+            assert row is not None  # the claim found it done
+            return {**row["metrics"], "run_id": run_id, "skipped": True}
         if redo_done:  # a finished run's last checkpoint would "resume" to the old result
             ckpt.unlink(missing_ok=True)
         if busy:
@@ -77,7 +81,7 @@ def run(cfg: RunConfig, results_dir: str | Path = "results", *, device: str = "a
         elif not store.mark_running(run_id):
             store.start(run_id, cfg.label(), cfg.to_dict(), env)
 
-    skipped = distributed.on_main(claim)
+    skipped = dist.on_main(claim)
     if skipped is not None:
         return skipped
     try:
@@ -91,7 +95,7 @@ def run(cfg: RunConfig, results_dir: str | Path = "results", *, device: str = "a
         if ranks.is_main:  # no collective here: other ranks may not have failed
             Store(results_dir / STORE_NAME).release(run_id)
         raise
-    distributed.on_main(start)
+    dist.on_main(start)
     store = Store(results_dir / STORE_NAME) if ranks.is_main else None
     augment = data.augment if cfg.data.augment == "auto" else cfg.data.augment
     try:
@@ -114,7 +118,7 @@ def run(cfg: RunConfig, results_dir: str | Path = "results", *, device: str = "a
     if store is not None:
         for entry in result.history:  # idempotent: also fills an epoch a kill left unrecorded before resume
             store.add_epoch(run_id, entry)
-        torch.save(result.model.state_dict(), run_dir / "model.pt")
+        save_atomic(run_dir / "model.pt", result.model.state_dict())
         (run_dir / "metrics.json").write_text(json.dumps({"final": metrics, "history": result.history}, indent=2))
         store.finish(run_id, metrics)
     return {**metrics, "skipped": False}

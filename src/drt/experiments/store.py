@@ -21,6 +21,7 @@ from typing import Any
 
 from drt.errors import DrtError
 
+STORE_NAME = "drt.sqlite"  # the store's file name inside a results folder
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     id TEXT PRIMARY KEY, label TEXT, status TEXT NOT NULL, model TEXT, dataset TEXT, method TEXT,
@@ -148,7 +149,8 @@ class Store:
 
     def runs(self, status: str | None = None) -> list[dict[str, Any]]:
         """All runs (optionally of one status), oldest first, JSON columns decoded."""
-        query, args = "SELECT * FROM runs", ()
+        query = "SELECT * FROM runs"
+        args: tuple[str, ...] = ()
         if status:
             query, args = query + " WHERE status=?", (status,)
         with self._conn() as c:

@@ -14,8 +14,9 @@ claim keeps two processes on one results folder from training the same run at on
 
 from __future__ import annotations
 
-import argparse
+import ctypes
 import os
+import signal
 import sys
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -24,9 +25,14 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from drt.errors import DrtError
 from drt.experiments.config import RunConfig, make_config
-from drt.experiments.sweep_plan import Sweep, load_sweep
+from drt.experiments.report import budget_label
+from drt.experiments.runner import RunBusy, run
+from drt.experiments.store import STORE_NAME, Store
+from drt.experiments.sweep_plan import Sweep
 
 
 def usable_cores() -> int:
@@ -40,8 +46,6 @@ def threads_per_worker(workers: int, cores: int | None = None) -> int:
 
 def describe(cfg: RunConfig) -> str:
     """``<run id> <model>/<data set>/seed<n> <method and budget>`` for progress lines."""
-    from drt.experiments.report import budget_label
-
     return f"{cfg.run_id()} {cfg.model.model}/{cfg.data.dataset}/seed{cfg.train.seed} {budget_label(cfg.to_dict())}"
 
 
@@ -51,8 +55,6 @@ def run_one(values: dict[str, Any], results_dir: str, device: str, progress: boo
 
     In a worker process (``in_worker``) Ctrl-C ends the process, so it starts no further run.
     """
-    from drt.experiments.runner import RunBusy, run
-
     cfg = make_config(values)
     try:
         m = run(cfg, results_dir, device=device, resume=True, progress=progress, log=lambda _: None)
@@ -71,26 +73,17 @@ def run_one(values: dict[str, Any], results_dir: str, device: str, progress: boo
 
 def _init_worker(threads: int) -> None:
     """Worker process set-up: its share of the cores, and die with the sweep (Linux)."""
-    import torch
-
     torch.set_num_threads(threads)
     if sys.platform.startswith("linux"):
-        import ctypes
-        import signal
-
         ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: a killed sweep leaves no orphan trainer
 
 
 def execute(sweep: Sweep, results_dir: str | Path, *, workers: int | None = None, device: str = "auto",
             progress: bool = False, log: Callable[[str], None] = print) -> dict[str, str]:
     """Run every planned run not yet done; returns {run id: outcome}. Failures do not stop the sweep."""
-    from drt.experiments.runner import STORE_NAME
-    from drt.experiments.store import Store
-
     results_dir = Path(results_dir)
     workers = workers or sweep.workers
-    store = Store(results_dir / STORE_NAME)
-    status = {r["id"]: r["status"] for r in store.runs()}
+    status = {r["id"]: r["status"] for r in Store(results_dir / STORE_NAME).runs()}
     names = {c.run_id(): describe(c) for c in sweep.configs}
     todo = [s for s, c in zip(sweep.settings, sweep.configs, strict=True) if status.get(c.run_id()) != "done"]
     done = len(sweep.settings) - len(todo)
@@ -122,46 +115,7 @@ def execute(sweep: Sweep, results_dir: str | Path, *, workers: int | None = None
     return outcomes
 
 
-def add_sweep_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Register ``drt sweep`` on the CLI's sub-parsers."""
-    from drt.experiments.env import DEVICES
-
-    p = subparsers.add_parser("sweep", help="run a grid of configurations from a YAML file (resumable)")
-    p.add_argument("file", help="sweep YAML: grid: {key: [values]}, base: {settings}, runs: [{settings}], workers: N")
-    p.add_argument("--results-dir", default=os.environ.get("DRT_RESULTS_DIR", "results"),
-                   help="where the store and runs live")
-    p.add_argument("--workers", type=int, help="worker processes (overrides the file's workers:)")
-    p.add_argument("--device", default="auto", choices=DEVICES, help="compute device")
-    p.add_argument("--dry-run", action="store_true", help="print the planned runs and their status, run nothing")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    return p
-
-
-def cmd_sweep(args: argparse.Namespace) -> int:
-    """``drt sweep FILE``: plan, report what is done, run the rest; exit 1 if any run failed."""
-    sweep = load_sweep(args.file)
-    if args.workers is not None and args.workers < 1:
-        raise DrtError(f"--workers must be a positive integer, got {args.workers}")
-    if args.dry_run:
-        from drt.experiments.runner import STORE_NAME
-        from drt.experiments.store import Store
-
-        db = Path(args.results_dir) / STORE_NAME
-        status = {r["id"]: r["status"] for r in Store(db).runs()} if db.exists() else {}
-        for cfg in sweep.configs:
-            print(f"{status.get(cfg.run_id(), 'planned'):<8} {describe(cfg)}")
-        print(f"{len(sweep.configs)} runs planned, {sum(status.get(c.run_id()) == 'done' for c in sweep.configs)}"
-              " already done")
-        return 0
-    outcomes = execute(sweep, args.results_dir, workers=args.workers, device=args.device,
-                       progress=not args.no_progress and sys.stderr.isatty())
-    failed = [run_id for run_id, o in outcomes.items() if o.startswith("FAILED")]
-    busy = [run_id for run_id, o in outcomes.items() if o.startswith("in progress")]
-    if busy:
-        print(f"{len(busy)} run(s) are being trained by another process; run `drt sweep` again later to finish")
-    if failed:
-        print(f"drt: {len(failed)} of {len(outcomes)} run(s) failed ({', '.join(failed[:3])}"
-              f"{', ...' if len(failed) > 3 else ''}); see `drt list runs --results-dir {args.results_dir}`",
-              file=sys.stderr)
-        return 1
-    return 0
+def stored_status(results_dir: str | Path) -> dict[str, str]:
+    """Run id -> status of the runs in ``results_dir``'s store (empty if there is none yet; none is created)."""
+    db = Path(results_dir) / STORE_NAME
+    return {r["id"]: r["status"] for r in Store(db).runs()} if db.exists() else {}

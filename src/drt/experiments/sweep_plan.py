@@ -37,7 +37,7 @@ def _flat(mapping: Any, where: str, nested: bool = True) -> dict[str, Any]:
         if isinstance(v, dict):
             if not nested or k not in SECTIONS:
                 raise DrtError(f"{where}.{k}: only the sections {', '.join(SECTIONS)} may nest settings")
-            items = _flat(v, f"{where}.{k}", nested=False).items()
+            items = list(_flat(v, f"{where}.{k}", nested=False).items())
         else:
             items = [(str(k).replace("-", "_"), v)]
         for key, value in items:

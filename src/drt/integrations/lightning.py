@@ -44,6 +44,12 @@ def _on_device(loader: Iterable[Any], device: torch.device) -> Iterator[tuple[Te
         yield x.to(device), y.to(device)
 
 
+def _loader(trainer: pl.Trainer) -> Iterable[Any]:
+    if trainer.train_dataloader is None:
+        raise DrtError("DrtCallback needs the trainer's training loader (or batches=...)")
+    return trainer.train_dataloader
+
+
 class DrtCallback(pl.Callback):
     """Apply ``method`` (and ``regularisers``, e.g. CKA-SR) to ``pl_module.<attr>`` during ``fit``.
 
@@ -64,6 +70,12 @@ class DrtCallback(pl.Callback):
         plugins = [method, *self.regularisers]
         self._wants_extra = any(type(p).extra_loss is not Method.extra_loss for p in plugins)
 
+    @property
+    def _drv(self) -> Driver:
+        if self.driver is None:
+            raise DrtError("DrtCallback: training has not started (the Driver is built at on_train_start)")
+        return self.driver
+
     # --- what the LightningModule calls --------------------------------------------------------
     def extra_loss(self, output: Tensor) -> Tensor:
         """The plug-ins' extra loss terms for this forward pass (0 if none): add it to the loss."""
@@ -77,7 +89,7 @@ class DrtCallback(pl.Callback):
 
     # --- Lightning hooks -----------------------------------------------------------------------
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        pl_module.drt = self
+        pl_module.drt = self  # type: ignore[assignment]  # a plain attribute; nn.Module types them as tensors
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         net = getattr(pl_module, self.attr, None)
@@ -91,7 +103,7 @@ class DrtCallback(pl.Callback):
             raise DrtError("DrtCallback needs a known schedule: Trainer(max_epochs=E) (or epochs=E) and a sized "
                            "training loader")
         device = pl_module.device
-        batches = self.batches or (lambda: _on_device(trainer.train_dataloader, device))
+        batches = self.batches or (lambda: _on_device(_loader(trainer), device))
         x, _ = next(iter(batches()))
         with torch.no_grad():
             was = net.training
@@ -108,11 +120,11 @@ class DrtCallback(pl.Callback):
         self._started, self._steps = True, trainer.global_step
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.driver.state.log = {}
+        self._drv.state.log = {}
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
                              batch_idx: int) -> None:
-        self.driver.state.x, self.driver.state.y = batch[0], batch[1]
+        self._drv.state.x, self._drv.state.y = batch[0], batch[1]
         self._asked = False
 
     def on_before_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: Tensor) -> None:
@@ -121,18 +133,18 @@ class DrtCallback(pl.Callback):
                            "loss = task_loss + self.drt.extra_loss(output)")
 
     def on_after_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.driver.after_backward()
+        self._drv.after_backward()
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         if trainer.global_step > self._steps:  # an optimizer step happened (not only an accumulation)
             self._steps = trainer.global_step
-            self.driver.after_step()
+            self._drv.after_step()
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.as_tensor(v).numel() == 1}
-        self.driver.end_epoch(metrics)
-        logged = {f"drt/{k}": float(v) for k, v in self.driver.state.log.items()
+        self._drv.end_epoch(metrics)
+        logged = {f"drt/{k}": float(v) for k, v in self._drv.state.log.items()
                   if isinstance(v, int | float) and not isinstance(v, bool)}
         if logged:
             pl_module.log_dict(logged)
@@ -140,7 +152,8 @@ class DrtCallback(pl.Callback):
     # --- the optimizer the Driver asks for ------------------------------------------------------
     def _optimizer(self, groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
         """Lightning's optimizer: re-created from ``configure_optimizers`` for a new network or a new round."""
-        trainer, pl_module, model = self._trainer, self._module, self.driver.state.model
+        trainer, pl_module, model = self._trainer, self._module, self._drv.state.model
+        assert trainer is not None and pl_module is not None  # set at on_train_start, before the Driver
         replaced = getattr(pl_module, self.attr) is not model
         if replaced:
             setattr(pl_module, self.attr, model)

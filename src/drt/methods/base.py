@@ -12,7 +12,7 @@ The same objects drive our loop (``drt.train.train``) or a plain PyTorch loop::
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from drt.errors import DrtError
 from drt.registry import Registry
 
 
@@ -59,12 +60,17 @@ class TrainState:
     def total_steps(self) -> int:
         return self.epochs * self.steps_per_epoch
 
+    def training_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """A fresh pass over the un-augmented training batches (scores, PCN statistics)."""
+        if self.batches is None:
+            raise DrtError("this method reads training batches (scores, statistics); give the Driver batches=...")
+        return self.batches()
+
 
 class Method:
     """Base plug-in. ``Options`` is a frozen dataclass of the method's settings (CLI flags)."""
 
     Options: type = NoOptions
-    data_free: bool = False
 
     def __init__(self, options: Any = None) -> None:
         self.options = options if options is not None else self.Options()
@@ -122,12 +128,6 @@ class Method:
     def load_state_dict(self, state: dict[str, Any], model: nn.Module) -> nn.Module:
         """Restore from a checkpoint; may return a rebuilt model architecture (PCN)."""
         return model
-
-
-def named_batches(batches: Iterable[Any]) -> Iterator[torch.Tensor]:
-    """Inputs from an iterable of tensors or ``(input, target)`` pairs."""
-    for b in batches:
-        yield b[0] if isinstance(b, tuple | list) else b
 
 
 METHODS: Registry[type[Method]] = Registry("method")

@@ -70,6 +70,8 @@ class CKASR(Method):
     def loss(self) -> torch.Tensor | None:
         """β × the CKA-SR term on the features captured by the last forward pass; None for a batch too
         small for the estimator (a short last batch: fewer than 4 samples, 2 for AugCKA)."""
+        if self.hooks is None:
+            raise DrtError("CKA-SR has no feature hooks: its attach hook has not run")
         o, feats = self.options, self.hooks.features
         missing = [n for s in self.stages for n in s if n not in feats]
         if missing:

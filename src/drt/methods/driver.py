@@ -80,6 +80,8 @@ class Driver:
 
     @property
     def optimizer(self) -> torch.optim.Optimizer:
+        if self.state.optimizer is None:
+            raise DrtError("the Driver has no optimizer yet: call setup() or load_state_dict() first")
         return self.state.optimizer
 
     def rebuild(self) -> None:
@@ -116,7 +118,7 @@ class Driver:
     def step(self) -> None:
         """after_backward hooks, ``optimizer.step()``, after_step hooks."""
         self.after_backward()
-        self.state.optimizer.step()
+        self.optimizer.step()
         self.after_step()
 
     def end_epoch(self, metrics: dict[str, Any] | None = None) -> bool:
@@ -134,7 +136,7 @@ class Driver:
 
     def state_dict(self) -> dict[str, Any]:
         s = self.state
-        return {"model": s.model.state_dict(), "optimizer": s.optimizer.state_dict(),
+        return {"model": s.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "plugins": [p.state_dict() for p in self.plugins], "epoch": s.epoch, "step": s.step}
 
     def load_state_dict(self, payload: dict[str, Any]) -> None:
@@ -145,7 +147,7 @@ class Driver:
                 s.model = p.load_state_dict(ps, s.model).to(s.device)
             s.model.load_state_dict(payload["model"])
             self.rebuild()
-            s.optimizer.load_state_dict(payload["optimizer"])
+            self.optimizer.load_state_dict(payload["optimizer"])
         except (RuntimeError, ValueError, KeyError) as e:  # another model's or method's checkpoint
             raise DrtError(f"the checkpoint does not fit this run's model and method ({first_line(e)})") from None
         s.epoch, s.step = payload["epoch"], payload["step"]

@@ -27,12 +27,13 @@ import torch
 
 from drt.errors import DrtError
 from drt.methods.base import METHODS, TrainState
-from drt.methods.sparse_base import SparseMethod, SparseOptions, check_ranks_agree
+from drt.methods.sparse_base import SparseMethod, SparseOptions
 from drt.options import opt
 from drt.sparse import (
     ExplorationTracker,
     GrowCounts,
     MaskSet,
+    check_ranks_agree,
     cosine_drop_fraction,
     drop_grow_,
     grad_magnitude,
@@ -86,11 +87,22 @@ class DynamicSparse(SparseMethod):
 
     def __init__(self, options: Any = None) -> None:
         super().__init__(options)
-        self.generator: torch.Generator | None = None
-        self.tracker: ExplorationTracker | None = None
+        self.generator = torch.Generator()  # seeded at setup, identically on every rank
+        self._tracker: ExplorationTracker | None = None
         self.updates: list[dict[str, Any]] = []  # one record per drop/grow update
         self._plan: Plan | None = None
         self._grow: dict[str, torch.Tensor] | None = None
+
+    @property
+    def tracker(self) -> ExplorationTracker:
+        """Which weights were ever active (the exploration rate); set up with the mask."""
+        if self._tracker is None:
+            raise DrtError(f"{type(self).__name__} has no exploration tracker yet: its setup hook has not run")
+        return self._tracker
+
+    @tracker.setter
+    def tracker(self, tracker: ExplorationTracker) -> None:
+        self._tracker = tracker
 
     # --- settings -------------------------------------------------------------------------
     @property

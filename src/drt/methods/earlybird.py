@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -22,9 +22,9 @@ from torch.nn.modules.conv import _ConvNd, _ConvTransposeNd
 
 from drt.errors import DrtError
 from drt.methods.base import METHODS, Method, TrainState
-from drt.methods.sparse_base import check_ranks_agree
 from drt.options import opt
-from drt.sparse import MaskSet, global_topk, prunable
+from drt.pcn.layers import weight_of
+from drt.sparse import MaskSet, check_ranks_agree, global_topk, prunable
 
 
 def hamming_distances(masks: Sequence[Tensor]) -> list[float]:
@@ -121,7 +121,7 @@ class EarlyBird(Method):
             raise DrtError(f"eb_max_epoch {self.max_epoch} is beyond the {state.epochs} training epochs")
 
     def _gammas(self, model: nn.Module) -> dict[str, Tensor]:
-        return {bn: model.get_submodule(bn).weight for bn in self.groups}
+        return {bn: weight_of(model.get_submodule(bn)) for bn in self.groups}
 
     def after_backward(self, state: TrainState) -> None:
         if self.mask is not None:
@@ -169,7 +169,7 @@ class EarlyBird(Method):
         return dict(self.mask) if self.mask is not None else {}
 
     def summary(self, state: TrainState) -> dict[str, Any]:
-        channels = sum(state.model.get_submodule(bn).num_features for bn in self.groups)
+        channels = sum(cast(_BatchNorm, state.model.get_submodule(bn)).num_features for bn in self.groups)
         kept_ch = sum(int(self.mask[f"{bn}.weight"].sum()) for bn in self.groups) if self.mask else channels
         weights = prunable(state.model)
         pruned_w = sum(int((~self.mask[n]).sum()) for n in weights if self.mask and n in self.mask)

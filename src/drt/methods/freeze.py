@@ -28,13 +28,14 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from drt import dist
 from drt.analysis.cost import param_counts
 from drt.errors import DrtError
 from drt.methods.base import METHODS, Method, TrainState
-from drt.methods.sparse_base import check_ranks_agree, rank_mean_, score_batches
+from drt.methods.sparse_base import score_batches
 from drt.models import create
 from drt.options import opt
-from drt.sparse import MaskSet, check_sparsity, global_topk, prunable, snip_scores, zero_state_
+from drt.sparse import MaskSet, check_ranks_agree, check_sparsity, global_topk, prunable, snip_scores, zero_state_
 from drt.sparse.masks import pack
 
 FREEZENET_FORMAT = "drt-freezenet-v1"
@@ -53,9 +54,9 @@ class FreezeMethod(Method):
         raise NotImplementedError
 
     def setup(self, state: TrainState) -> None:
-        whole, partial = self.choose(state)
+        chosen, partial = self.choose(state)
         params = dict(state.model.named_parameters())
-        whole = set(whole) | {n for n, m in partial.items() if not m.any()}
+        whole = set(chosen) | {n for n, m in partial.items() if not m.any()}
         self.whole = {n: tuple(p.shape) for n, p in params.items() if n in whole}
         if len(self.whole) == len(params):
             raise DrtError(f"{type(self).__name__}: every parameter of {type(state.model).__name__} would be "
@@ -77,8 +78,9 @@ class FreezeMethod(Method):
     def after_backward(self, state: TrainState) -> None:
         params = dict(state.model.named_parameters())
         for n, m in self.trained.items():
-            if params[n].grad is not None:
-                params[n].grad.masked_fill_(~m, 0)
+            grad = params[n].grad
+            if grad is not None:
+                grad.masked_fill_(~m, 0)
 
     @torch.no_grad()
     def after_step(self, state: TrainState) -> None:
@@ -144,7 +146,7 @@ class FreezeNet(FreezeMethod):
             raise DrtError(f"freezenet: model {type(state.model).__name__} has no conv or linear weights")
         self.spec = {"seed": state.seed, "input_shape": tuple(state.input_shape), "num_classes": state.num_classes}
         batches = score_batches(state, self.options.score_batches)
-        scores = snip_scores(state.model, state.loss_fn, batches, names, reduce=rank_mean_)  # global-batch gradient
+        scores = snip_scores(state.model, state.loss_fn, batches, names, reduce=dist.mean_)  # global-batch gradient
         keep, _ = global_topk(scores, self.options.sparsity, guard=False)
         return [], keep
 

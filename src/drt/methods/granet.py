@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+
 from drt.errors import DrtError
 from drt.methods.base import METHODS, TrainState
 from drt.methods.dst import DSTOptions, DynamicSparse, Plan
@@ -69,7 +71,8 @@ class GraNet(DynamicSparse):
         info["targets"] = {n: (1.0 if n in dense else None) for n in names}  # global pruning
         return masks, info
 
-    def before_drop_grow(self, state, step, plan, weights):
+    def before_drop_grow(self, state: TrainState, step: int, plan: Plan,
+                         weights: dict[str, torch.Tensor]) -> dict[str, Any]:
         end = self.prune_end(plan)
         if step > end:
             return {}

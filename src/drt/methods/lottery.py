@@ -17,17 +17,18 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from drt.errors import DrtError
+from drt.io import save_atomic
 from drt.methods.base import METHODS, TrainState
 from drt.methods.sparse_base import SparseMethod
 from drt.options import opt
 from drt.sparse import MaskSet, check_sparsity, magnitude_scores, masks_from_scores, prunable
-from drt.train.checkpoint import save_checkpoint
 
 TOL = 1e-9
 
@@ -106,7 +107,12 @@ class IMPOptions:
 
     def __post_init__(self) -> None:
         imp_schedule(self.sparsity, self.imp_rounds, self.imp_rate)
-        parse_rewind(self.rewind)
+        _ = self.rewind_to  # parsed once, here, then cached
+
+    @cached_property
+    def rewind_to(self) -> str | int:
+        """``rewind`` parsed: "init", "lr" or an iteration count k."""
+        return parse_rewind(self.rewind)
 
 
 def _snapshot(model: nn.Module) -> dict[str, Tensor]:
@@ -128,7 +134,7 @@ class IMP(SparseMethod):
         super().__init__(options)
         o = self.options
         self.rounds, self.rate, self.targets = imp_schedule(o.sparsity, o.imp_rounds, o.imp_rate)
-        self.rewind = parse_rewind(o.rewind)
+        self.rewind = o.rewind_to
         self.steps_per_epoch: int | None = None
         self.round = 0
         self.theta0: dict[str, Tensor] = {}
@@ -186,7 +192,7 @@ class IMP(SparseMethod):
                              "sparsity": self.mask.sparsity(), "end_epoch": state.epoch,
                              "test_acc": _epoch_metric(state, "test_acc")})
         if state.run_dir is not None:
-            save_checkpoint(state.run_dir / f"imp_round_{r}.pt",
+            save_atomic(state.run_dir / f"imp_round_{r}.pt",
                             {"round": r, "sparsity": self.mask.sparsity(), "mask": self.mask.state_dict(),
                              "model": {k: v.cpu() for k, v in _snapshot(state.model).items()}})
 

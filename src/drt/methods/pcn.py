@@ -17,11 +17,12 @@ import json
 import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from functools import cached_property
+from typing import Any, Literal
 
-import torch.distributed as dist
 from torch import nn
 
+from drt import dist
 from drt.analysis.cost import forward_flops
 from drt.errors import DrtError
 from drt.methods.base import METHODS, Method, TrainState
@@ -37,52 +38,36 @@ from drt.pcn import (
     rebuild,
     subspace_overlaps,
 )
+from drt.pcn.layers import weight_of
+from drt.pcn.select import KeepArg, parse_keep
 from drt.pcn.stats import eligible_layers, select_layers
 from drt.pcn.transform import check_replaceable
 
-
-def parse_keep(text: str) -> Any:
-    """'all' | '0.99' (explained variance) | '64' (fixed k) | 'conv8=64,conv11=32,fc=0.9' (per layer)."""
-    def one(v: str) -> Any:
-        v = v.strip()
-        if v == "all":
-            return v
-        try:
-            return int(v)
-        except ValueError:
-            try:
-                return float(v)
-            except ValueError:
-                raise DrtError(f"pcn keep rule {v!r} must be 'all', an int k or a variance fraction") from None
-    def checked(v: Any) -> Any:
-        if (isinstance(v, int) and v < 1) or (isinstance(v, float) and not 0 < v <= 1):
-            raise DrtError(f"pcn keep rule {v!r}: an int k must be >= 1 and a variance fraction in (0, 1]")
-        return v
-    if "=" in text:
-        pairs = [p.split("=", 1) for p in text.split(",") if p.strip()]
-        if any(len(p) != 2 for p in pairs):
-            raise DrtError(f"pcn keep {text!r}: use name=rule pairs separated by commas")
-        names = [k.strip() for k, _ in pairs]
-        twice = sorted({n for n in names if names.count(n) > 1})
-        if twice:
-            raise DrtError(f"pcn keep {text!r} names {twice[0]!r} twice")
-        return {k.strip(): checked(one(v)) for k, v in pairs}
-    return checked(one(text))
+TransformEpoch = int | Literal["auto"]
 
 
-def check_layer_rules(model: nn.Module, keep: Any, exclude: Iterable[str]) -> None:
+def parse_epoch(text: str) -> TransformEpoch:
+    """When to transform, from its text: ``auto`` (when the subspaces settle) or an epoch >= 1."""
+    if text == "auto":
+        return "auto"
+    if not (text.isdigit() and int(text) >= 1):
+        raise DrtError(f"pcn_epoch must be a positive integer or 'auto', got {text!r}")
+    return int(text)
+
+
+def check_layer_rules(model: nn.Module, keep: KeepArg, exclude: Iterable[str]) -> None:
     """DrtError if a keep or exclude pattern matches no eligible layer, or a fixed k exceeds a layer's width."""
     eligible, _ = eligible_layers(model)
     select_layers(eligible, list(exclude), eligible, "pcn_exclude")
     for pat, rule in (keep.items() if isinstance(keep, dict) else []):  # a global k is checked at the transform
         for name in select_layers(eligible, [pat], eligible, "pcn_keep"):
-            m = eligible[name]
-            d = m.in_features if isinstance(m, nn.Linear) else m.in_channels
+            d = weight_of(eligible[name]).shape[1]  # in_features / in_channels (groups = 1)
             if isinstance(rule, int) and rule > d:
                 raise DrtError(f"pcn keep {rule} for layer {name!r} exceeds its input width {d}")
 
 
-def check_output_graph(model: nn.Module, input_shape: tuple[int, ...], keep: Any, exclude: Iterable[str]) -> None:
+def check_output_graph(model: nn.Module, input_shape: tuple[int, ...], keep: KeepArg,
+                       exclude: Iterable[str]) -> None:
     """DrtError now if the output transform would refuse a channel space read by a layer it may transform."""
     eligible, _ = eligible_layers(model)
     candidates = set(eligible) - set(select_layers(eligible, list(exclude), eligible)) if exclude else set(eligible)
@@ -101,8 +86,7 @@ def rank_share(batches: Iterable[Any], total: int) -> Iterator[Any]:
     ``batches`` are this rank's ``(x, y)`` chunks of global batches (rank r holds the r-th of W equal
     chunks, as ``TensorLoader`` shards); without torch.distributed they pass through unchanged.
     """
-    on = dist.is_available() and dist.is_initialized()
-    rank, world = (dist.get_rank(), dist.get_world_size()) if on else (0, 1)
+    rank, world = dist.current().rank, dist.current().world_size
     before = 0  # samples of the global order before this batch
     for x, y in batches:
         if world == 1:
@@ -140,9 +124,7 @@ class PCNOptions:
     pcn_auto_latest: int | None = opt(None, "auto: transform at this epoch at the latest (default half of training)")
 
     def __post_init__(self) -> None:
-        if self.pcn_epoch != "auto" and not (self.pcn_epoch.isdigit() and int(self.pcn_epoch) >= 1):
-            raise DrtError(f"pcn_epoch must be a positive integer or 'auto', got {self.pcn_epoch!r}")
-        parse_keep(self.pcn_keep)
+        _ = self.epoch, self.keep  # parsed once, here (a bad rule fails at the boundary), then cached
         if self.pcn_samples < 2:
             raise DrtError(f"pcn_samples must be >= 2, got {self.pcn_samples}")
         if not 0 < self.pcn_auto_overlap <= 1:
@@ -163,6 +145,16 @@ class PCNOptions:
         if not self.pcn_output and (self.pcn_output_keep is not None or self.pcn_eigen_weighted):
             raise DrtError("pcn_output_keep and pcn_eigen_weighted set the output transform: add pcn_output")
 
+    @cached_property
+    def epoch(self) -> TransformEpoch:
+        """``pcn_epoch`` parsed: an epoch >= 1, or "auto"."""
+        return parse_epoch(self.pcn_epoch)
+
+    @cached_property
+    def keep(self) -> KeepArg:
+        """``pcn_keep`` parsed: "all", a k, a variance fraction, or {layer pattern: rule}."""
+        return parse_keep(self.pcn_keep)
+
     def compress_kwargs(self) -> dict[str, Any]:
         keep_out = self.pcn_output_keep
         if keep_out is not None and keep_out > 1:  # a count; 1.0 is the fraction "keep all"
@@ -170,7 +162,7 @@ class PCNOptions:
         budget = self.pcn_budget
         if budget is not None and budget >= 1:
             budget = int(budget)
-        return {"keep": parse_keep(self.pcn_keep), "width_fraction": self.pcn_width_fraction,
+        return {"keep": self.keep, "width_fraction": self.pcn_width_fraction,
                 "eig_threshold": self.pcn_eig_threshold, "budget": budget, "budget_of": self.pcn_budget_of,
                 "min_fraction": self.pcn_min_fraction, "output": self.pcn_output, "output_keep": keep_out,
                 "eigen_weighted": self.pcn_eigen_weighted, "exclude": self.pcn_exclude, "plan": self.pcn_exec}
@@ -192,27 +184,27 @@ class PCN(Method):
 
     def setup(self, state: TrainState) -> None:
         o = self.options
-        if o.pcn_epoch != "auto" and int(o.pcn_epoch) >= state.epochs:
-            raise DrtError(f"pcn_epoch {o.pcn_epoch} must be before the last epoch ({state.epochs})")
+        if o.epoch != "auto" and o.epoch >= state.epochs:
+            raise DrtError(f"pcn_epoch {o.epoch} must be before the last epoch ({state.epochs})")
         if pcn_layers(state.model):
             raise DrtError("the model already has PCN layers; transforming twice is not supported")
-        if o.pcn_epoch == "auto" and o.pcn_auto_latest is not None and o.pcn_auto_latest >= state.epochs:
+        if o.epoch == "auto" and o.pcn_auto_latest is not None and o.pcn_auto_latest >= state.epochs:
             raise DrtError(f"pcn_auto_latest {o.pcn_auto_latest} must be before the last epoch ({state.epochs})")
-        check_layer_rules(state.model, parse_keep(o.pcn_keep), o.pcn_exclude)  # now, not after E epochs
+        check_layer_rules(state.model, o.keep, o.pcn_exclude)  # now, not after E epochs
         self.dry_run(state)
         if o.pcn_output:
-            check_output_graph(state.model, state.input_shape, parse_keep(o.pcn_keep), o.pcn_exclude)
-        world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-        first = next(iter(state.batches()), None)
+            check_output_graph(state.model, state.input_shape, o.keep, o.pcn_exclude)
+        world = dist.current().world_size
+        first = next(iter(state.training_batches()), None)
         if first is not None:
             self.batch_size = len(first[0])
         if world > 1:  # every rank must see samples, or one fails alone while the others wait in all-reduce
-            per_rank = len(next(iter(state.batches()))[0])
+            per_rank = len(next(iter(state.training_batches()))[0])
             if o.pcn_samples < world * per_rank:
                 raise DrtError(f"pcn_samples {o.pcn_samples} is below one global batch ({world} x {per_rank}); "
                                "under DDP every rank must contribute statistics")
 
-    def plan(self, model: nn.Module, stats: PCNStats, keep: Any = None) -> dict[str, int]:
+    def plan(self, model: nn.Module, stats: PCNStats, keep: KeepArg | None = None) -> dict[str, int]:
         """The components ``compress`` would keep per layer under these options (``keep`` overrides)."""
         kw = self.options.compress_kwargs()
         return plan_components(model, stats, kw["keep"] if keep is None else keep,
@@ -223,7 +215,7 @@ class PCN(Method):
     def dry_run(self, state: TrainState) -> None:
         """Plan the transform on one batch's statistics, so that a k beyond a layer's width, a model with
         nothing to transform or a layer PCN cannot replace is an error now rather than after E epochs."""
-        x = next(iter(state.batches()), None)
+        x = next(iter(state.training_batches()), None)
         if x is None:
             return
         with warnings.catch_warnings():
@@ -238,18 +230,17 @@ class PCN(Method):
     def stats(self, state: TrainState) -> PCNStats:
         """Input statistics of ``pcn_samples`` training samples, summed over ranks."""
         o = self.options
-        batches = rank_share(state.batches(), o.pcn_samples)
+        batches = rank_share(state.training_batches(), o.pcn_samples)
         return collect(state.model, batches, max_samples=o.pcn_samples, pool_to=o.pcn_pool_to).all_reduce_()
 
     def due(self, state: TrainState) -> tuple[bool, PCNStats | None]:
         o = self.options
-        if o.pcn_epoch != "auto":
-            return state.epoch == int(o.pcn_epoch), None
+        if o.epoch != "auto":
+            return state.epoch == o.epoch, None
         latest = o.pcn_auto_latest or max(1, state.epochs // 2)
         cur = self.stats(state)
         if self.prev is not None:
-            keep = parse_keep(o.pcn_keep)
-            ks = self.plan(state.model, cur, keep if keep != "all" else 0.99)
+            ks = self.plan(state.model, cur, o.keep if o.keep != "all" else 0.99)
             overlaps = subspace_overlaps(self.prev, cur, ks)  # over the layers the transform would change
             mean = sum(overlaps.values()) / max(len(overlaps), 1)
             self.overlaps.append(mean)
@@ -280,7 +271,7 @@ class PCN(Method):
             "flops_before_pcn": self.before_flops,
             "pcn_layers": {n: {"k": int(m.k), "d": int(m.d), "exec": m.exec_mode} for n, m in layers.items()}}
         o = self.options
-        if o.pcn_budget is not None and self.before:
+        if o.pcn_budget is not None and self.before and self.before_flops:
             now = (sum(p.numel() for p in state.model.parameters() if p.requires_grad) if o.pcn_budget_of == "params"
                    else forward_flops(state.model, state.input_shape, state.device))
             base = self.before if o.pcn_budget_of == "params" else self.before_flops

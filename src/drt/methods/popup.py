@@ -31,9 +31,8 @@ from drt.analysis.cost import param_counts
 from drt.errors import DrtError
 from drt.methods.base import METHODS, TrainState
 from drt.methods.reparam import Reparametrised
-from drt.methods.sparse_base import check_ranks_agree
 from drt.options import opt
-from drt.sparse import DISTRIBUTIONS, MaskSet, check_sparsity, masks_from_scores, prunable
+from drt.sparse import DISTRIBUTIONS, MaskSet, check_ranks_agree, check_sparsity, masks_from_scores, prunable
 
 WEIGHTS = ("signed-constant", "init")
 
@@ -70,7 +69,18 @@ class EdgePopup(Reparametrised):
         super().__init__(options)
         self.scores: dict[str, nn.Parameter] = {}
         self.fixed: dict[str, Tensor] = {}  # W₀ of each scored weight
-        self.mask: MaskSet | None = None
+        self._mask: MaskSet | None = None
+
+    @property
+    def mask(self) -> MaskSet:
+        """The current subnetwork (name -> bool, True = used); DrtError before ``setup``."""
+        if self._mask is None:
+            raise DrtError("edge-popup has no subnetwork yet: its setup hook has not run")
+        return self._mask
+
+    @mask.setter
+    def mask(self, mask: MaskSet) -> None:
+        self._mask = mask
 
     @property
     def distribution(self) -> str:
@@ -81,7 +91,7 @@ class EdgePopup(Reparametrised):
         if not weights:
             raise DrtError(f"edge-popup: model {type(state.model).__name__} has no conv or linear weights")
         g = torch.Generator().manual_seed(state.seed + 31)  # identical on every rank
-        self.scores, self.fixed, self.mask = {}, {}, None
+        self.scores, self.fixed, self._mask = {}, {}, None
         for n, w in weights.items():
             s = torch.empty(w.shape)
             nn.init.kaiming_uniform_(s, a=math.sqrt(5), generator=g)  # the layers' own default init
@@ -101,7 +111,7 @@ class EdgePopup(Reparametrised):
         """The largest |scores|: per layer at the counts of the first choice (they never change), or
         under one global threshold (``--distribution global``)."""
         scores = {n: s.detach().abs() for n, s in self.scores.items()}
-        if self.mask is None or self.distribution == "global":
+        if self._mask is None or self.distribution == "global":
             return masks_from_scores(scores, self.options.sparsity, self.distribution)[0]
         out = {}
         for n, s in scores.items():
@@ -118,7 +128,8 @@ class EdgePopup(Reparametrised):
 
     def backward(self, grads: dict[str, Tensor | None]) -> None:
         for n, s in self.scores.items():  # straight-through: ∂L/∂s = sign(s) ⊙ W₀ ⊙ ∂L/∂W_eff
-            s.grad = None if grads[n] is None else s.detach().sign() * self.fixed[n] * grads[n]
+            g = grads[n]
+            s.grad = None if g is None else s.detach().sign() * self.fixed[n] * g
 
     @torch.no_grad()
     def write(self, model: nn.Module) -> None:
@@ -129,7 +140,7 @@ class EdgePopup(Reparametrised):
             params[n].copy_(w0 * self.mask[n].to(w0.device))
 
     def masks(self) -> dict[str, Tensor]:
-        return dict(self.mask) if self.mask is not None else {}
+        return dict(self._mask) if self._mask is not None else {}
 
     def frozen_masks(self) -> dict[str, Tensor]:
         return {n: torch.zeros_like(m) for n, m in self.masks().items()}  # no weight is trained

@@ -1,7 +1,8 @@
 """Pruning at initialisation: one mask chosen before training, fixed afterwards (survey §PaI).
 
 random / magnitude / SNIP / GraSP score once; SynFlow, Iter-SNIP and FORCE prune iteratively
-with an exponential schedule. Scores are pure functions in ``drt.sparse.scores``.
+with an exponential schedule. Scores are pure functions in ``drt.sparse.scores``; the data-driven ones
+average their raw gradient over ranks (``reduce=drt.dist.mean_``), so every rank scores the global batch.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from typing import Any
 
 import torch
 
+from drt import dist
 from drt.errors import DrtError
 from drt.methods.base import METHODS, TrainState
 from drt.methods.sparse_base import SparseMethod, SparseOptions, class_balanced_batch, score_batches
@@ -82,14 +84,14 @@ class OneShot(SparseMethod):
 class RandomPrune(OneShot):
     default_distribution = "erk"
 
-    def scores(self, state, names):
+    def scores(self, state: TrainState, names: list[str]) -> dict[str, torch.Tensor]:
         g = torch.Generator().manual_seed(state.seed + 17)
         return random_scores({n: p.detach().cpu() for n, p in prunable(state.model).items()}, g)
 
 
 @METHODS.register("magnitude", help="keep the largest |θ₀| (global)")
 class MagnitudePrune(OneShot):
-    def scores(self, state, names):
+    def scores(self, state: TrainState, names: list[str]) -> dict[str, torch.Tensor]:
         return magnitude_scores(prunable(state.model))
 
 
@@ -97,17 +99,19 @@ class MagnitudePrune(OneShot):
 class SNIP(OneShot):
     Options = ScoredOptions
 
-    def scores(self, state, names):
-        return snip_scores(state.model, state.loss_fn, score_batches(state, self.options.score_batches), names)
+    def scores(self, state: TrainState, names: list[str]) -> dict[str, torch.Tensor]:
+        batches = score_batches(state, self.options.score_batches)
+        return snip_scores(state.model, state.loss_fn, batches, names, reduce=dist.mean_)  # global-batch gradient
 
 
 @METHODS.register("grasp", help="GraSP: remove the largest -θ ⊙ Hg, T = 200 (Wang et al. 2020)")
 class GraSP(OneShot):
     Options = GraspOptions
 
-    def scores(self, state, names):
+    def scores(self, state: TrainState, names: list[str]) -> dict[str, torch.Tensor]:
         batch = class_balanced_batch(state, self.options.grasp_per_class)
-        return grasp_scores(state.model, state.loss_fn, batch, names, T=self.options.grasp_temperature)
+        return grasp_scores(state.model, state.loss_fn, batch, names, T=self.options.grasp_temperature,
+                            reduce=dist.mean_)
 
 
 class Iterative(SparseMethod):
@@ -125,10 +129,9 @@ class Iterative(SparseMethod):
 
 @METHODS.register("synflow", help="SynFlow: data-free iterative conservation scores, 100 rounds (Tanaka et al. 2020)")
 class SynFlow(Iterative):
-    data_free = True
     rounds = 100
 
-    def choose(self, state):
+    def choose(self, state: TrainState) -> tuple[MaskSet, dict[str, Any]]:
         self.check()
         o = self.options
         if o.score_batches != 1:
@@ -140,17 +143,17 @@ class SynFlow(Iterative):
 
 @METHODS.register("iter-snip", help="Iterative SNIP: SNIP re-scored on an exponential schedule (de Jorge 2021)")
 class IterSNIP(Iterative):
-    def choose(self, state):
+    def choose(self, state: TrainState) -> tuple[MaskSet, dict[str, Any]]:
         self.check()
         o = self.options
         return iterative_snip(state.model, state.loss_fn, score_batches(state, o.score_batches), o.sparsity,
-                              steps=o.prune_rounds or self.rounds, guard=o.guard)
+                              steps=o.prune_rounds or self.rounds, guard=o.guard, reduce=dist.mean_)
 
 
 @METHODS.register("force", help="FORCE: iterative SNIP through the mask; pruned weights may return (de Jorge 2021)")
 class FORCE(Iterative):
-    def choose(self, state):
+    def choose(self, state: TrainState) -> tuple[MaskSet, dict[str, Any]]:
         self.check()
         o = self.options
         return force(state.model, state.loss_fn, score_batches(state, o.score_batches), o.sparsity,
-                     steps=o.prune_rounds or self.rounds, guard=o.guard)
+                     steps=o.prune_rounds or self.rounds, guard=o.guard, reduce=dist.mean_)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -55,13 +56,14 @@ class SNFS(WholeRunCosine):
     def after_backward(self, state: TrainState) -> None:
         """Accumulate the dense gradient's momentum (before masking); a non-finite step is left out."""
         weights = self._weights(state)
-        missing = [n for n, p in weights.items() if p.grad is None]
+        grads = {n: p.grad for n, p in weights.items() if p.grad is not None}
+        missing = [n for n in weights if n not in grads]
         if missing:
             raise DrtError(f"SNFS needs .grad after backward; missing for {', '.join(missing)}")
-        if all(bool(torch.isfinite(p.grad).all()) for p in weights.values()):
+        if all(bool(torch.isfinite(g).all()) for g in grads.values()):
             mu = momentum_coefficient(state.optimizer)
-            for n, p in weights.items():
-                self.momentum[n].mul_(mu).add_(p.grad)
+            for n, g in grads.items():
+                self.momentum[n].mul_(mu).add_(g)
         super().after_backward(state)
 
     def grow_scores(self) -> dict[str, torch.Tensor]:
@@ -75,7 +77,7 @@ class SNFS(WholeRunCosine):
             active = self.mask[n].to(m.device)
             shares[n] = float(m.abs()[active].mean()) if bool(active.any()) else 0.0
 
-        def counts(dropped: dict[str, int], capacity: dict[str, int]) -> dict[str, int]:
+        def counts(dropped: Mapping[str, int], capacity: Mapping[str, int]) -> dict[str, int]:
             out = redistribute(sum(dropped.values()), {n: shares[n] for n in dropped}, capacity)
 
             def kept(k: str) -> int:

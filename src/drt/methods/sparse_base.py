@@ -5,9 +5,9 @@ A subclass implements ``choose(state) -> (MaskSet, info)`` (pruning at init) and
 (biases and BN are never masked) and is applied in place, never inferred from values.
 
 Under torch.distributed every rank must hold the same mask: gradient-based scores computed in
-``choose`` average the raw gradients over ranks (``rank_mean_``) before any |.|, random draws use
-generators seeded identically on every rank, and each new mask is compared across ranks by its
-checksum (``check_ranks_agree``), failing loudly if they diverge.
+``choose`` average the raw gradients over ranks (``reduce=drt.dist.mean_``) before any |.|, random
+draws use generators seeded identically on every rank, and each new mask is compared across ranks by
+its checksum (``drt.sparse.check_ranks_agree``), failing loudly if they diverge.
 """
 
 from __future__ import annotations
@@ -19,44 +19,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.distributed as dist
 
 from drt.errors import DrtError
 from drt.methods.base import Method, TrainState
 from drt.options import opt
-from drt.sparse import DISTRIBUTIONS, MaskSet, check_sparsity, prunable
-from drt.sparse.scores import reducing_gradients
-
-
-def _world() -> int:
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
-def rank_mean_(tensors: dict[str, torch.Tensor]) -> None:
-    """Average ``tensors`` over the ranks of torch.distributed in place (one all-reduce; no-op alone)."""
-    world = _world()
-    if world == 1 or not tensors:
-        return
-    flat = torch.cat([t.reshape(-1) for t in tensors.values()])
-    dist.all_reduce(flat)
-    flat /= world
-    offset = 0
-    for t in tensors.values():
-        t.copy_(flat[offset:offset + t.numel()].view_as(t))
-        offset += t.numel()
-
-
-def check_ranks_agree(mask: MaskSet, what: str) -> None:
-    """DrtError naming the ranks whose ``mask`` differs from rank 0's (``MaskSet.checksum``); no-op alone."""
-    world = _world()
-    if world == 1:
-        return
-    sums: list[int | None] = [None] * world
-    dist.all_gather_object(sums, mask.checksum())
-    bad = [r for r, c in enumerate(sums) if c != sums[0]]
-    if bad:
-        raise DrtError(f"{what}: masks differ across ranks (ranks {', '.join(map(str, bad))} disagree with "
-                       f"rank 0; checksums {sums}); scores or random draws are not rank-consistent")
+from drt.sparse import DISTRIBUTIONS, MaskSet, check_ranks_agree, check_sparsity, prunable
 
 
 @dataclass(frozen=True)
@@ -74,13 +41,24 @@ class SparseOptions:
 class SparseMethod(Method):
     """Masks weights from ``setup`` on; subclasses decide the mask."""
 
-    Options = SparseOptions
+    Options: type = SparseOptions
     default_distribution = "global"
 
     def __init__(self, options: Any = None) -> None:
         super().__init__(options)
-        self.mask: MaskSet | None = None
+        self._mask: MaskSet | None = None
         self.info: dict[str, Any] = {}
+
+    @property
+    def mask(self) -> MaskSet:
+        """The current mask (name -> bool, True = kept); DrtError before ``setup`` chose one."""
+        if self._mask is None:
+            raise DrtError(f"{type(self).__name__} has no mask yet: its setup hook has not run")
+        return self._mask
+
+    @mask.setter
+    def mask(self, mask: MaskSet) -> None:
+        self._mask = mask
 
     @property
     def distribution(self) -> str:
@@ -98,9 +76,7 @@ class SparseMethod(Method):
     def setup(self, state: TrainState) -> None:
         if not prunable(state.model):
             raise DrtError(f"{type(self).__name__}: model has no conv or linear weights to prune")
-        with reducing_gradients(rank_mean_):  # scores see the gradient of the global batch
-            chosen = self.choose(state)
-        self.set_mask(state, *chosen)
+        self.set_mask(state, *self.choose(state))
 
     def after_backward(self, state: TrainState) -> None:
         self.mask.mask_grads_(state.model)
@@ -109,7 +85,7 @@ class SparseMethod(Method):
         self.mask.apply_(state.model, state.optimizer)
 
     def masks(self) -> dict[str, torch.Tensor]:
-        return dict(self.mask) if self.mask is not None else {}
+        return dict(self._mask) if self._mask is not None else {}
 
     def summary(self, state: TrainState) -> dict[str, Any]:
         info = self.info
@@ -124,20 +100,18 @@ class SparseMethod(Method):
         }
 
     def state_dict(self) -> dict[str, Any]:
-        return {"masks": self.mask.state_dict() if self.mask is not None else {}, "info": json.dumps(self.info)}
+        return {"masks": self._mask.state_dict() if self._mask is not None else {}, "info": json.dumps(self.info)}
 
     def load_state_dict(self, state: dict[str, Any], model: torch.nn.Module) -> torch.nn.Module:
         device = next(model.parameters()).device
-        self.mask = MaskSet(state["masks"]).to(device) if state["masks"] else None
+        self._mask = MaskSet(state["masks"]).to(device) if state["masks"] else None
         self.info = json.loads(state["info"])
         return model
 
 
 def score_batches(state: TrainState, n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """The first ``n`` un-augmented training batches (the same on every run with this seed)."""
-    if state.batches is None:
-        raise DrtError("this method scores weights on training batches; give the Driver batches=...")
-    out = list(itertools.islice(state.batches(), n))
+    out = list(itertools.islice(state.training_batches(), n))
     if len(out) < n:
         raise DrtError(f"score_batches {n} asks for more batches than the training data has ({len(out)})")
     return out
@@ -145,10 +119,8 @@ def score_batches(state: TrainState, n: int) -> list[tuple[torch.Tensor, torch.T
 
 def class_balanced_batch(state: TrainState, per_class: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """One batch with ``per_class`` samples of every class (GraSP's sampling)."""
-    if state.batches is None:
-        raise DrtError("this method scores weights on training batches; give the Driver batches=...")
     xs, ys, have = [], [], torch.zeros(state.num_classes, dtype=torch.long)
-    for x, y in state.batches():
+    for x, y in state.training_batches():
         for c in range(state.num_classes):
             need = per_class - int(have[c])
             if need > 0:

@@ -64,9 +64,9 @@ class Subspace(Reparametrised):
     def __init__(self, options: SubspaceOptions | None = None) -> None:
         super().__init__(options)
         self.shapes: dict[str, torch.Size] = {}  # every parameter of the model, in order
-        self.phi: nn.Parameter | None = None
-        self.theta0: Tensor | None = None
-        self.proj: Tensor | None = None  # P, sparse n × d
+        self.phi = nn.Parameter(torch.zeros(0))  # φ (d,), θ₀ (n,) and P (sparse n × d): set at setup
+        self.theta0 = torch.zeros(0)
+        self.proj = torch.zeros(0, 0)
 
     def setup(self, state: TrainState) -> None:
         self.shapes = {n: p.shape for n, p in state.model.named_parameters()}

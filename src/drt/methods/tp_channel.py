@@ -33,7 +33,7 @@ def trainable(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def layers(model: nn.Module) -> dict[str, nn.Module]:
+def layers(model: nn.Module) -> dict[str, nn.Linear | nn.modules.conv._ConvNd]:
     """Conv and linear layers by qualified name, in model order."""
     return {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear | nn.modules.conv._ConvNd)}
 
@@ -80,7 +80,7 @@ def prune_channels(model: nn.Module, input_shape: tuple[int, ...], ratio: float,
     tp = _tp()
     small = copy.deepcopy(model)
 
-    def run(x: torch.Tensor) -> tp.pruner.BasePruner:
+    def run(x: torch.Tensor) -> Any:  # a torch_pruning BasePruner
         pruner = tp.pruner.BasePruner(small, x, tp.importance.MagnitudeImportance(p=norm), pruning_ratio=ratio,
                                       ignored_layers=[classifier(small)], global_pruning=global_)
         pruner.step()
@@ -99,7 +99,8 @@ def prune_greedy_(model: nn.Module, input_shape: tuple[int, ...], target: int, n
     relative to ``model`` as given).
     """
     tp = _tp()
-    imp, steps = tp.importance.MagnitudeImportance(p=norm), []
+    imp = tp.importance.MagnitudeImportance(p=norm)
+    steps: list[tuple[int, int]] = []
     history: list[list[Any]] = []
 
     def run(x: torch.Tensor) -> None:
@@ -165,8 +166,8 @@ def search(model: nn.Module, input_shape: tuple[int, ...], target: int, norm: in
     above = [f for f in found if f[0] > target]
     if above:
         n, history = min(above, key=lambda f: f[0])
-        steps, more = prune_greedy_(replay_(copy.deepcopy(model), input_shape, history), input_shape, target, norm)
-        found += [(m, history + more[:length]) for m, length in steps]
+        greedy, more = prune_greedy_(replay_(copy.deepcopy(model), input_shape, history), input_shape, target, norm)
+        found += [(m, history + more[:length]) for m, length in greedy]
     n, history = min(found, key=lambda f: (abs(f[0] - target), f[0]))
     return history, n
 

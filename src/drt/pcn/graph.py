@@ -97,7 +97,7 @@ def _shape(n: Any) -> tuple[int, ...] | None:
 
 def _describe(node: fx.Node, modules: Mapping[str, nn.Module]) -> str:
     if node.op == "call_module":
-        return f"module {node.target!r} ({type(modules[node.target]).__name__})"
+        return f"module {node.target!r} ({type(modules[str(node.target)]).__name__})"
     stack = list(node.meta.get("nn_module_stack", {}))
     where = f" in {stack[-1]!r}" if stack and stack[-1] else ""
     if node.op == "call_method":
@@ -147,18 +147,19 @@ def channel_spaces(model: nn.Module, sample_shape: tuple[int, ...]) -> list[Spac
         elif kind == "layer":
             name = str(node.target)
             info[node].producers.append(name)
-            info[node.args[0]].readers.append((name, 1))  # type: ignore[index]
+            info[node.args[0]].readers.append((name, 1))
         elif kind == "bn":
-            join(node, node.args[0])  # type: ignore[arg-type]
+            join(node, node.args[0])
             info[node].bns.append(str(node.target))
         elif kind == "pass":
-            join(node, node.args[0])  # type: ignore[arg-type]
+            join(node, node.args[0])
         elif kind == "join":
             for a in ins:
                 join(node, a)
         elif kind == "flatten":
-            src = node.args[0]
-            info[node].flattens.append((src, math.prod(_shape(src)[2:])))  # type: ignore[arg-type,index]
+            src, shape = node.args[0], _shape(node.args[0])
+            assert shape is not None  # ShapeProp ran: every tensor node has its shape
+            info[node].flattens.append((src, math.prod(shape[2:])))
         else:
             for a in ins:
                 block(a, f"go through {kind}")

@@ -20,7 +20,7 @@ Execution plans (``exec_mode``), the same function and the same trainable W' eit
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Self
 
 import torch
 import torch.nn.functional as F
@@ -63,6 +63,15 @@ class SharedProjection:
         if self._left == 0:
             self._x = self._z = None
         return z
+RESIZED = "pcn_resized"  # attribute set on a plain module the output transform resized (see ``pcn.spec``)
+
+
+def weight_of(layer: nn.Module) -> Tensor:
+    """``layer.weight`` of a Linear, Conv or PCN layer (DrtError for a module without one)."""
+    w = getattr(layer, "weight", None)
+    if not isinstance(w, Tensor):
+        raise DrtError(f"{type(layer).__name__} has no weight tensor")
+    return w
 
 
 class PCNLayer(nn.Module):
@@ -113,12 +122,30 @@ class PCNLayer(nn.Module):
         c = self.mu @ self.basis  # (k,)
         return self.bias - torch.einsum("ok...,k->o", self.weight, c)
 
-    def set_pcn_(self, mu: Tensor, basis: Tensor, weight: Tensor, bias: Tensor) -> PCNLayer:
+    def set_pcn_(self, mu: Tensor, basis: Tensor, weight: Tensor, bias: Tensor) -> Self:
         """Copy the four tensors in (shapes must match); mutates self."""
         with torch.no_grad():
             for dst, src in ((self.mu, mu), (self.basis, basis), (self.weight, weight), (self.bias, bias)):
                 dst.copy_(src)
         return self
+
+    def spec(self) -> dict[str, Any]:
+        """The layer's shapes and settings (JSON), for ``from_spec``."""
+        raise NotImplementedError
+
+    @classmethod
+    def from_spec(cls, s: dict[str, Any], **kw: Any) -> Self:
+        """An (uninitialised) layer of the shapes in ``spec()``; ``kw``: device, dtype."""
+        raise NotImplementedError
+
+    @classmethod
+    def from_layer(cls, layer: Any, mu: Tensor, basis: Tensor, basis_key: str = "", shared: bool = False) -> Self:
+        """The PCN layer computing ``layer`` on the top-k input components; exact when k = d."""
+        raise NotImplementedError
+
+    def to_plain(self) -> nn.Module:
+        """The equivalent plain layer (rank k when k < d)."""
+        raise NotImplementedError
 
 
 class PCNLinear(PCNLayer):
@@ -155,18 +182,18 @@ class PCNLinear(PCNLayer):
                 "shared": self.shared, "exec": self.exec_mode}
 
     @classmethod
-    def from_spec(cls, s: dict[str, Any], **kw: Any) -> PCNLinear:
+    def from_spec(cls, s: dict[str, Any], **kw: Any) -> Self:
         return cls(s["d"], s["k"], s["out"], s["basis_key"], s["shared"], exec_mode=s.get("exec", "factored"), **kw)
 
     @classmethod
     def from_layer(cls, layer: nn.Linear, mu: Tensor, basis: Tensor, basis_key: str = "",
-                   shared: bool = False) -> PCNLinear:
+                   shared: bool = False) -> Self:
         """PCN layer computing ``layer`` on the top-k input components; exact when k = d."""
         w = layer.weight.detach()
         mu, basis = mu.to(w), basis.to(w)
         b = layer.bias.detach() if layer.bias is not None else w.new_zeros(w.shape[0])
         new = cls(w.shape[1], basis.shape[1], w.shape[0], basis_key, shared, device=w.device, dtype=w.dtype)
-        return new.set_pcn_(mu, basis, w @ basis, b + w @ mu)  # type: ignore[return-value]
+        return new.set_pcn_(mu, basis, w @ basis, b + w @ mu)
 
     def to_plain(self) -> nn.Linear:
         """The equivalent ``nn.Linear`` (rank k when k < d): W = W' V^T, b = b' - W mu."""
@@ -241,13 +268,13 @@ class _PCNConvNd(PCNLayer):
                 "exec": self.exec_mode}
 
     @classmethod
-    def from_spec(cls, s: dict[str, Any], **kw: Any) -> _PCNConvNd:
+    def from_spec(cls, s: dict[str, Any], **kw: Any) -> Self:
         return cls(s["d"], s["k"], s["out"], s["kernel_size"], s["stride"], s["padding"], s["dilation"],
                    s["basis_key"], s["shared"], exec_mode=s.get("exec", "factored"), **kw)
 
     @classmethod
-    def from_layer(cls, layer: nn.Module, mu: Tensor, basis: Tensor, basis_key: str = "",
-                   shared: bool = False) -> _PCNConvNd:
+    def from_layer(cls, layer: nn.Conv1d | nn.Conv2d, mu: Tensor, basis: Tensor, basis_key: str = "",
+                   shared: bool = False) -> Self:
         """PCN layer computing conv ``layer`` on the top-k input components; exact when k = d."""
         check_convertible(layer, basis_key or "layer")
         w = layer.weight.detach()  # (out, d, *kernel)
@@ -256,14 +283,16 @@ class _PCNConvNd(PCNLayer):
         new = cls(w.shape[1], basis.shape[1], w.shape[0], layer.kernel_size, layer.stride, layer.padding,
                   layer.dilation, basis_key, shared, device=w.device, dtype=w.dtype)
         w_new = torch.einsum("ck,oc...->ok...", basis, w)
-        return new.set_pcn_(mu, basis, w_new, b + torch.einsum("c,oc...->o", mu, w))  # type: ignore[return-value]
+        return new.set_pcn_(mu, basis, w_new, b + torch.einsum("c,oc...->o", mu, w))
 
     def to_plain(self) -> nn.Module:
         """The equivalent plain conv (rank k when k < d): W = einsum(W', V), b = b' - einsum(mu, W)."""
         w = torch.einsum("ok...,ck->oc...", self.weight.detach(), self.basis)
         cls = nn.Conv1d if self.ndim == 1 else nn.Conv2d
-        plain = cls(self.d, self.out, self.kernel_size, self.stride, self.padding, self.dilation,
-                    device=w.device, dtype=w.dtype)
+        kw: dict[str, Any] = {"kernel_size": self.kernel_size, "stride": self.stride, "padding": self.padding,
+                              "dilation": self.dilation, "device": w.device, "dtype": w.dtype}
+        plain = cls(self.d, self.out, **kw)
+        assert plain.bias is not None  # bias=True
         with torch.no_grad():
             plain.weight.copy_(w)
             plain.bias.copy_(self.bias.detach() - torch.einsum("c,oc...->o", self.mu, w))
@@ -339,12 +368,13 @@ def to_pcn(layer: nn.Module, mu: Tensor, basis: Tensor, name: str, basis_key: st
     ``basis_key``: the layer that owns a shared basis (default ``name`` itself).
     """
     check_convertible(layer, name)
+    assert isinstance(layer, nn.Linear | nn.Conv1d | nn.Conv2d)  # what check_convertible lets through
     d = layer.weight.shape[1]
     if mu.shape != (d,) or basis.dim() != 2 or basis.shape[0] != d:
         raise DrtError(f"layer {name!r}: basis must be ({d}, k) and mean ({d},); got {tuple(basis.shape)}, "
                        f"{tuple(mu.shape)}")
     key = basis_key or name
-    new = PCN_TYPES[type(layer)].from_layer(layer, mu, basis, key, key != name)  # type: ignore[attr-defined]
+    new = PCN_TYPES[type(layer)].from_layer(layer, mu, basis, key, key != name)
     new.weight.requires_grad_(layer.weight.requires_grad)  # a frozen layer stays frozen
     new.bias.requires_grad_((layer.bias if layer.bias is not None else layer.weight).requires_grad)
     return new

@@ -13,14 +13,15 @@ from __future__ import annotations
 import fnmatch
 import math
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from drt.errors import DrtError
 from drt.pcn.graph import channel_spaces
-from drt.pcn.layers import PCNLayer
+from drt.pcn.layers import RESIZED, PCNLayer, weight_of
 
 
 def _scores(layer: PCNLayer, per_channel: int, vals: Tensor | None) -> Tensor:
@@ -48,37 +49,47 @@ def _param(t: Tensor, old: Tensor) -> nn.Parameter:
     return nn.Parameter(t.clone(), requires_grad=old.requires_grad)
 
 
+def _tensor(m: nn.Module, name: str) -> Tensor | None:
+    """``m.<name>`` (a parameter, a buffer or None) of a layer or BN module, typed."""
+    return getattr(m, name)
+
+
 def _slice_out_(m: nn.Module, idx: Tensor) -> None:
-    idx = idx.to(m.weight.device)
-    m.weight = _param(m.weight.detach()[idx], m.weight)
-    if m.bias is not None:
-        m.bias = _param(m.bias.detach()[idx], m.bias)
+    w, b = weight_of(m), _tensor(m, "bias")
+    idx = idx.to(w.device)
+    m.weight = _param(w.detach()[idx], w)
+    if b is not None:
+        m.bias = _param(b.detach()[idx], b)
     if isinstance(m, PCNLayer):
         m.out = len(idx)
     else:
         setattr(m, "out_features" if isinstance(m, nn.Linear) else "out_channels", len(idx))
-        m.pcn_resized = True
+        setattr(m, RESIZED, True)
 
 
 def _slice_in_(m: nn.Module, idx: Tensor) -> None:
-    idx = idx.to(m.weight.device)
+    w = weight_of(m)
+    idx = idx.to(w.device)
     if isinstance(m, PCNLayer):
         m.mu, m.basis, m.d = m.mu[idx].clone(), m.basis[idx].clone(), len(idx)
         return
-    m.weight = _param(m.weight.detach()[:, idx], m.weight)
+    m.weight = _param(w.detach()[:, idx], w)
     setattr(m, "in_features" if isinstance(m, nn.Linear) else "in_channels", len(idx))
-    m.pcn_resized = True
+    setattr(m, RESIZED, True)
 
 
-def _slice_bn_(bn: nn.Module, idx: Tensor) -> None:
+def _slice_bn_(bn: _BatchNorm, idx: Tensor) -> None:
     idx = idx.to(next(bn.buffers(), torch.zeros(())).device)
     for t in ("weight", "bias"):
-        if getattr(bn, t) is not None:
-            setattr(bn, t, _param(getattr(bn, t).detach()[idx], getattr(bn, t)))
+        old = _tensor(bn, t)
+        if old is not None:
+            setattr(bn, t, _param(old.detach()[idx], old))
     for t in ("running_mean", "running_var"):
-        if getattr(bn, t) is not None:
-            setattr(bn, t, getattr(bn, t)[idx].clone())
-    bn.num_features, bn.pcn_resized = len(idx), True
+        old = _tensor(bn, t)
+        if old is not None:
+            setattr(bn, t, old[idx].clone())
+    bn.num_features = len(idx)
+    setattr(bn, RESIZED, True)
 
 
 def narrow_(model: nn.Module, sample_shape: tuple[int, ...], *, which: bool | Iterable[str] = True,
@@ -94,10 +105,13 @@ def narrow_(model: nn.Module, sample_shape: tuple[int, ...], *, which: bool | It
     input sample's shape (for shape propagation). Returns, per narrowed space (keyed by its first
     PCN reader): channels before and after, and the producers, BNs and readers sliced.
     """
+    if eigen_weighted and eigvals is None:
+        raise DrtError("output transform: eigen_weighted scores need the layers' eigvals")
+    weights = eigvals if eigen_weighted and eigvals is not None else {}
     pcn = {n: m for n, m in model.named_modules() if isinstance(m, PCNLayer)}
     wanted = set(pcn)
     if which is not True:
-        pats = [which] if isinstance(which, str) else list(which)  # type: ignore[arg-type]
+        pats = [] if isinstance(which, bool) else [which] if isinstance(which, str) else list(which)
         wanted = set()
         for pat in pats:
             hit = [n for n in pcn if fnmatch.fnmatchcase(n, pat)]
@@ -125,7 +139,7 @@ def narrow_(model: nn.Module, sample_shape: tuple[int, ...], *, which: bool | It
             raise DrtError(f"output transform: cannot narrow the input channels of layer {label!r}: they "
                            f"{sp.blocked[0]}; name other layers with output=[...] or use output=False")
         channels = next(iter(sp.channels))
-        s = torch.stack([_scores(pcn[n], f, eigvals[n] if eigen_weighted else None)  # type: ignore[index]
+        s = torch.stack([_scores(pcn[n], f, weights[n] if eigen_weighted else None)
                          for n, f in readers]).mean(0)
         if threshold is not None:
             m = max(1, int((s >= threshold).sum()))
@@ -142,7 +156,7 @@ def narrow_(model: nn.Module, sample_shape: tuple[int, ...], *, which: bool | It
         for name in sp.producers:
             _slice_out_(modules[name], idx)
         for name in sp.bns:
-            _slice_bn_(modules[name], idx)
+            _slice_bn_(cast(_BatchNorm, modules[name]), idx)  # the graph's BN nodes
         for name, f in sp.readers:
             _slice_in_(modules[name], (idx[:, None] * f + torch.arange(f, device=idx.device)).reshape(-1))
         report[label] = {"channels": channels, "kept": m, "producers": list(sp.producers), "bns": list(sp.bns),

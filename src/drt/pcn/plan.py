@@ -13,7 +13,7 @@ import itertools
 from collections.abc import Mapping, Sequence
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from drt.errors import DrtError
@@ -60,7 +60,7 @@ def train_flops(layers: Sequence[PCNLayer], modes: Sequence[str], in_shape: tupl
     link_projections_(nn.ModuleList(copies))
     x = torch.empty(batch, *in_shape, device="meta", requires_grad=True)
     with FlopCounterMode(display=False) as counter:
-        total: Tensor = sum(m(x).sum() for m in copies)  # type: ignore[assignment]
+        total = torch.stack([m(x).sum() for m in copies]).sum()
         total.backward()
     return int(counter.get_total_flops())
 

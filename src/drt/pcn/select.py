@@ -19,13 +19,45 @@ from drt.analysis.pca import (
     subspace_overlap,
 )
 from drt.errors import DrtError
-from drt.pcn.layers import PCNLayer, ineligible_reason
+from drt.pcn.layers import PCNLayer, ineligible_reason, weight_of
 from drt.pcn.stats import PCNStats, eligible_layers, select_layers
 
 Keep = str | int | float
 BUDGET_UNITS = ("params", "flops")
 KeepArg = Keep | Mapping[str, Keep]
 Exclude = Iterable[str] | Callable[[str, nn.Module], bool]
+
+
+def parse_keep(text: str) -> KeepArg:
+    """A keep rule from its text (flags, YAML): ``all`` (k = d) | ``0.99`` (explained variance) |
+    ``64`` (fixed k) | ``conv8=64,conv11=32,fc=0.9`` (per layer name or glob pattern)."""
+    def one(v: str) -> Keep:
+        v = v.strip()
+        if v == "all":
+            return v
+        try:
+            return int(v)
+        except ValueError:
+            try:
+                return float(v)
+            except ValueError:
+                raise DrtError(f"pcn keep rule {v!r} must be 'all', an int k or a variance fraction") from None
+
+    def checked(v: Keep) -> Keep:
+        if (isinstance(v, int) and v < 1) or (isinstance(v, float) and not 0 < v <= 1):
+            raise DrtError(f"pcn keep rule {v!r}: an int k must be >= 1 and a variance fraction in (0, 1]")
+        return v
+
+    if "=" in text:
+        pairs = [p.split("=", 1) for p in text.split(",") if p.strip()]
+        if any(len(p) != 2 for p in pairs):
+            raise DrtError(f"pcn keep {text!r}: use name=rule pairs separated by commas")
+        names = [k.strip() for k, _ in pairs]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise DrtError(f"pcn keep {text!r} names {twice[0]!r} twice")
+        return {k.strip(): checked(one(v)) for k, v in pairs}
+    return checked(one(text))
 
 
 def k_for(rule: Keep, stats: PCNStats, name: str) -> int:
@@ -134,21 +166,23 @@ def floor_k(d: int, fraction: float) -> int:
 def _flop_costs(module: nn.Module, in_shape: tuple[int, ...]) -> tuple[int, int, int]:
     """Forward FLOPs of one sample through ``module`` (Linear or conv) reading ``in_shape``: (dense, the
     factored layer's per component, the projection's per component)."""
-    w = module.weight
-    out, d, taps = w.shape[0], w.shape[1], math.prod(w.shape[2:])
+    w = weight_of(module)
+    out, d, taps = int(w.shape[0]), int(w.shape[1]), math.prod(w.shape[2:])
     if isinstance(module, nn.Linear):
         positions = math.prod(in_shape[:-1])
         return 2 * positions * d * out, 2 * positions * out, 2 * positions * d
     spatial = in_shape[1:]
-    pad = module.padding
+    conv: Any = module
+    pad = conv.padding
     if pad == "same":
         sizes = list(spatial)
+        pad = (1,) * len(spatial)  # not a strided pointwise conv
     else:
-        pad = (0,) * len(spatial) if pad == "valid" else pad
+        pad = (0,) * len(spatial) if pad == "valid" else tuple(pad)
         sizes = [(s + 2 * p - dl * (kk - 1) - 1) // st + 1 for s, p, dl, kk, st in
-                 zip(spatial, pad, module.dilation, module.kernel_size, module.stride, strict=True)]
+                 zip(spatial, pad, conv.dilation, conv.kernel_size, conv.stride, strict=True)]
     s_out, s_in = math.prod(sizes), math.prod(spatial)
-    pointwise_strided = taps == 1 and all(p == 0 for p in (pad if pad != "same" else (0,))) and s_out < s_in
+    pointwise_strided = taps == 1 and all(p == 0 for p in pad) and s_out < s_in
     return 2 * s_out * out * d * taps, 2 * s_out * out * taps, 2 * d * (s_out if pointwise_strided else s_in)
 
 

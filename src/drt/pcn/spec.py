@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from drt.errors import DrtError
-from drt.pcn.layers import PCNLayer, link_projections_, pcn_class
+from drt.pcn.layers import RESIZED, PCNLayer, link_projections_, pcn_class
 from drt.pcn.transform import copy_without_hooks, set_module_
 
 FORMAT = "drt.pcn/1"
@@ -25,10 +25,10 @@ def pcn_spec(model: nn.Module) -> dict[str, Any]:
     ``{"format", "layers": {name: {type, d, k, out, kernel_size, ...}}, "resized": {name: {type,
     attrs, tensors: {param/buffer: shape}}}}``; only plain ints, strings and lists (JSON-able).
     """
-    layers = {n: m.spec() for n, m in model.named_modules() if isinstance(m, PCNLayer)}  # type: ignore[operator]
+    layers = {n: m.spec() for n, m in model.named_modules() if isinstance(m, PCNLayer)}
     resized = {}
     for n, m in model.named_modules():
-        if getattr(m, "pcn_resized", False) and not isinstance(m, PCNLayer):
+        if getattr(m, RESIZED, False) and not isinstance(m, PCNLayer):
             tensors = {k: list(t.shape) for k, t in [*m.named_parameters(recurse=False),
                                                     *m.named_buffers(recurse=False)] if t is not None}
             attrs = {a: int(getattr(m, a)) for a in SIZE_ATTRS if hasattr(m, a)}
@@ -62,7 +62,7 @@ def rebuild(template: nn.Module, spec: dict[str, Any]) -> nn.Module:
             old = getattr(m, t)
             new = torch.zeros(shape, dtype=old.dtype, device=old.device)
             setattr(m, t, nn.Parameter(new, old.requires_grad) if isinstance(old, nn.Parameter) else new)
-        m.pcn_resized = True
+        setattr(m, RESIZED, True)
     for name, s in spec["layers"].items():
         old = _get(model, name)
         ref = next(iter(old.parameters()), torch.zeros(()))

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from drt import dist
 from drt.analysis.pca import RunningMoments, as_observations
 from drt.errors import DrtError, first_line
 from drt.pcn.layers import PCNLayer, ineligible_reason
@@ -74,13 +75,9 @@ class PCNStats:
 
     def all_reduce_(self) -> PCNStats:
         """Sum the raw moments over a ``torch.distributed`` process group (in place; no-op if not initialised)."""
-        dist = torch.distributed
-        if dist.is_available() and dist.is_initialized():
-            for t in self.tensors():
-                dist.all_reduce(t)
-            n = torch.tensor(float(self.samples), dtype=torch.float64, device=self.tensors()[0].device)
-            dist.all_reduce(n)
-            self.samples = int(n.item())
+        if dist.current().world_size > 1:
+            dist.sum_(self.tensors())
+            self.samples = int(dist.all_reduce_sum(self.samples)[0])
             self._eig.clear()
         return self
 
@@ -110,7 +107,8 @@ class PCNStats:
 
 def eligible_layers(model: nn.Module) -> tuple[dict[str, nn.Module], dict[str, str]]:
     """(eligible layers, ineligible conv/linear/PCN layers -> reason), by qualified name."""
-    ok, bad = {}, {}
+    ok: dict[str, nn.Module] = {}
+    bad: dict[str, str] = {}
     for name, m in model.named_modules():
         if isinstance(m, nn.Linear | nn.modules.conv._ConvNd | PCNLayer):
             reason = ineligible_reason(m)
@@ -252,7 +250,7 @@ class _Tracker:
             self.first.append(name)
         if name not in self.chosen or (self.exclude_first and name in self.first):
             return
-        self.keys[name] = self.keys.get(same, name)  # type: ignore[arg-type]
+        self.keys[name] = self.keys.get(same, name) if same is not None else name
 
     def result(self, seen: int, shape: tuple[int, ...] | None, ineligible: dict[str, str]) -> PCNStats:
         self._inputs.clear()

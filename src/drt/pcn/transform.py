@@ -16,7 +16,7 @@ from torch.nn.utils.spectral_norm import SpectralNorm
 from torch.nn.utils.weight_norm import WeightNorm
 
 from drt.errors import DrtError
-from drt.pcn.layers import PCNLayer, to_pcn
+from drt.pcn.layers import PCNLayer, to_pcn, weight_of
 from drt.pcn.narrow import narrow_
 from drt.pcn.plan import PLANS, choose_plans_
 from drt.pcn.select import Exclude, KeepArg, plan_components
@@ -110,8 +110,9 @@ def compress(model: nn.Module, stats: PCNStats, keep: KeepArg = "all", *, width_
     eigvals: dict[str, Tensor] = {}
     for name, k in ks.items():
         layer = small.get_submodule(name)
-        if layer.weight.shape[1] != stats.dim(name):
-            raise DrtError(f"layer {name!r} has {layer.weight.shape[1]} inputs but its statistics have "
+        width = weight_of(layer).shape[1]
+        if width != stats.dim(name):
+            raise DrtError(f"layer {name!r} has {width} inputs but its statistics have "
                            f"{stats.dim(name)}; collect statistics on this model")
         key = stats.key(name)
         owner = owners.setdefault(key, name)
@@ -134,7 +135,7 @@ def expand(small: nn.Module) -> nn.Module:
     big = copy_without_hooks(small)
     for name, m in list(big.named_modules()):
         if isinstance(m, PCNLayer):
-            set_module_(big, name, m.to_plain())  # type: ignore[operator]
+            set_module_(big, name, m.to_plain())
     return big
 
 

@@ -26,7 +26,7 @@ from drt.sparse.dst import (
     redistribute,
     rigl_drop_fraction,
 )
-from drt.sparse.masks import MaskSet, prunable, zero_state_
+from drt.sparse.masks import MaskSet, check_ranks_agree, prunable, zero_state_
 from drt.sparse.scores import (
     force,
     grasp_scores,
@@ -39,7 +39,8 @@ from drt.sparse.scores import (
 )
 
 __all__ = [
-    "DISTRIBUTIONS", "KINDS", "DropGrowInfo", "ExplorationTracker", "GrowCounts", "MaskSet", "check_sparsity",
+    "DISTRIBUTIONS", "KINDS", "DropGrowInfo", "ExplorationTracker", "GrowCounts", "MaskSet", "check_ranks_agree",
+    "check_sparsity",
     "cosine_drop_fraction", "drop_grow_", "force", "global_topk", "grad_magnitude", "granet_prune_",
     "granet_sparsity", "grasp_scores", "iterative_snip", "kept_total", "layer_counts", "layer_densities",
     "magnitude_scores", "mask_info", "masks_from_scores", "prunable", "random_scores", "redistribute",

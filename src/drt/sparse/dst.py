@@ -37,7 +37,7 @@ def grad_magnitude(weights: Mapping[str, Tensor]) -> dict[str, Tensor]:
     missing = [n for n, p in weights.items() if p.grad is None]
     if missing:
         raise DrtError(f"gradient grow scores need .grad after backward; missing for {', '.join(missing)}")
-    return {n: p.grad.detach().abs() for n, p in weights.items()}
+    return {n: p.grad.detach().abs() for n, p in weights.items() if p.grad is not None}
 
 
 def _ranked(score: Tensor, candidates: Tensor, k: int, descending: bool, tiebreak: Tensor | None) -> Tensor:

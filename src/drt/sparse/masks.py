@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
 
+from drt import dist
 from drt.errors import DrtError
 
 COMPACT_FORMAT = "drt-compact-v1"
@@ -285,3 +286,12 @@ def pack(state: Mapping[str, Tensor],
         else:
             dense[n] = t.detach().cpu().clone()
     return dense, sparse
+
+
+def check_ranks_agree(mask: MaskSet, what: str) -> None:
+    """DrtError naming the ranks whose ``mask`` differs from rank 0's (``MaskSet.checksum``); no-op alone."""
+    sums = dist.gather(mask.checksum())
+    bad = [r for r, c in enumerate(sums) if c != sums[0]]
+    if bad:
+        raise DrtError(f"{what}: masks differ across ranks (ranks {', '.join(map(str, bad))} disagree with "
+                       f"rank 0; checksums {sums}); scores or random draws are not rank-consistent")

@@ -6,16 +6,15 @@ is a re-iterable sequence of ``(inputs, targets)`` and ``loss_fn(logits, targets
 ``names`` selects the scored parameters (default ``prunable(model)``).
 
 Distributed training: data-driven scores take ``reduce``, called on the raw gradients (summed
-over ``batches``, before any |.|) to average them over ranks, so every rank scores the gradient
-of the global batch. Without ``reduce`` the one set by ``reducing_gradients`` applies (none by default).
+over ``batches``, before any |.|) to average them over ranks (e.g. ``drt.dist.mean_``), so every
+rank scores the gradient of the global batch. Without ``reduce`` the local gradient is used.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
-from contextvars import ContextVar
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -28,21 +27,8 @@ LossFn = Callable[[Tensor, Tensor], Tensor]
 Batches = Iterable[tuple[Tensor, Tensor]]
 GradReduce = Callable[[dict[str, Tensor]], None]  # e.g. averages the gradients over ranks, in place
 
-_REDUCE: ContextVar[GradReduce | None] = ContextVar("drt_grad_reduce", default=None)
-
-
-@contextmanager
-def reducing_gradients(reduce: GradReduce | None) -> Iterator[None]:
-    """Within the block, scores called without ``reduce`` reduce their raw gradients with this one."""
-    token = _REDUCE.set(reduce)
-    try:
-        yield
-    finally:
-        _REDUCE.reset(token)
-
 
 def _reduce_(grads: dict[str, Tensor], reduce: GradReduce | None) -> dict[str, Tensor]:
-    reduce = reduce or _REDUCE.get()
     if reduce is not None:
         reduce(grads)
     return grads
@@ -59,7 +45,7 @@ def _autograd(out: Tensor, params: Mapping[str, Tensor], create_graph: bool = Fa
     return [torch.zeros_like(p) if g is None else g for p, g in zip(params.values(), grads, strict=True)]
 
 
-def _named(model: nn.Module, names: Sequence[str] | None) -> dict[str, nn.Parameter]:
+def _named(model: nn.Module, names: Sequence[str] | None) -> dict[str, Tensor]:
     params = dict(model.named_parameters())
     names = list(prunable(model)) if names is None else list(names)
     missing = [n for n in names if n not in params]
@@ -70,7 +56,7 @@ def _named(model: nn.Module, names: Sequence[str] | None) -> dict[str, nn.Parame
     return {n: params[n].requires_grad_(True) for n in names}  # always called on a copy
 
 
-def _grads(model: nn.Module, params: dict[str, nn.Parameter], loss_fn: LossFn, batches: Batches,
+def _grads(model: nn.Module, params: dict[str, Tensor], loss_fn: LossFn, batches: Batches,
            scale: float = 1.0, reduce: GradReduce | None = None) -> dict[str, Tensor]:
     """Gradient of the summed per-batch losses (of logits / scale) w.r.t. ``params``, then ``reduce``d;
     no .grad written."""
@@ -128,7 +114,7 @@ def grasp_scores(model: nn.Module, loss_fn: LossFn, batches: Batches, names: Seq
     for x, y in batches:
         loss = loss_fn(model(x) / T, y)
         grad_f = _autograd(loss, params, create_graph=True)
-        z = sum((g[n] * gf).sum() for n, gf in zip(params, grad_f, strict=True))
+        z = cast(Tensor, sum((g[n] * gf).sum() for n, gf in zip(params, grad_f, strict=True)))
         for n, h in zip(params, _autograd(z, params, second_order=True), strict=True):
             hg[n] += h
     _reduce_(hg, reduce)
@@ -147,7 +133,7 @@ def _linearized(model: nn.Module, double: bool) -> nn.Module:
     return net
 
 
-def _synflow_on(net: nn.Module, params: dict[str, nn.Parameter], input_shape: Sequence[int]
+def _synflow_on(net: nn.Module, params: dict[str, Tensor], input_shape: Sequence[int]
                 ) -> dict[str, Tensor]:
     p0 = next(iter(params.values()))
     x = torch.ones((1, *input_shape), dtype=p0.dtype, device=p0.device)
@@ -199,12 +185,14 @@ def synflow_prune(model: nn.Module, input_shape: Sequence[int], sparsity: float,
     densities = _exp_schedule(sparsity, rounds)
     net = _linearized(model, double)
     params = _named(net, names)
-    keep, fired = None, set()
+    keep: dict[str, Tensor] | None = None
+    fired: set[str] = set()
     for d in densities:
         keep = _prune_round(_synflow_on(net, params, input_shape), keep, d, sparsity, guard, fired)
         with torch.no_grad():
             for n, p in params.items():
                 p.masked_fill_(~keep[n].to(p.device), 0)
+    assert keep is not None  # rounds >= 1
     return _result(model, keep, params, sparsity, fired)
 
 
@@ -223,7 +211,8 @@ def _iterative(model: nn.Module, loss_fn: LossFn, batches: Batches, sparsity: fl
     params = _named(net, names)
     theta0 = {n: p.detach().clone() for n, p in params.items()}
     batches = list(batches)
-    keep, fired = None, set()
+    keep: dict[str, Tensor] | None = None
+    fired: set[str] = set()
     for d in densities:
         grads = _grads(net, params, loss_fn, batches, reduce=reduce)  # w.r.t. the masked weights theta0 * m
         theta = theta0 if dense_theta else {n: p.detach() for n, p in params.items()}
@@ -232,6 +221,7 @@ def _iterative(model: nn.Module, loss_fn: LossFn, batches: Batches, sparsity: fl
         with torch.no_grad():
             for n, p in params.items():
                 p.copy_(theta0[n] * keep[n].to(p.device))
+    assert keep is not None  # steps >= 1
     return _result(model, keep, params, sparsity, fired)
 
 

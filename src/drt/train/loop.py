@@ -16,15 +16,17 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from drt import dist
 from drt.analysis.cost import flop_counts, param_counts, peak_memory_mb
 from drt.data import Dataset, TensorLoader
 from drt.data.loader import rank_bounds
 from drt.errors import DrtError
+from drt.io import save_atomic
 from drt.methods.base import Method, TrainState
 from drt.methods.driver import Driver
-from drt.train import distributed
-from drt.train.checkpoint import load_checkpoint, save_checkpoint
+from drt.train.checkpoint import load_checkpoint
 from drt.train.config import TrainConfig, lr_at
+from drt.train.distributed import wrapper
 
 
 @dataclass
@@ -58,11 +60,11 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
     ``sharded``: under torch.distributed each rank scores its slice and the sums are all-reduced
     (call it on every rank; every rank gets the same numbers).
     """
-    ranks = distributed.current() if sharded else distributed.Ranks()
+    ranks = dist.current() if sharded else dist.Ranks()
     lo, hi = rank_bounds(len(x), ranks.rank, ranks.world_size)
     was_training = model.training
     model.eval()
-    loss_sum, correct = 0.0, 0
+    loss_sum, correct = 0.0, 0.0
     for i in range(lo, hi, batch_size):
         xb, yb = x[i:min(i + batch_size, hi)].to(device), y[i:min(i + batch_size, hi)].to(device)
         with autocast(device, amp):
@@ -71,7 +73,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
         correct += int((out.argmax(1) == yb).sum())
     model.train(was_training)
     if sharded:
-        loss_sum, correct = distributed.all_reduce_sum(loss_sum, correct)
+        loss_sum, correct = dist.all_reduce_sum(loss_sum, correct)
     return loss_sum / len(x), correct / len(x)
 
 
@@ -99,15 +101,15 @@ def train(
     batch of ``world_size × cfg.batch_size`` through DDP; rank 0's weights and checkpoint are
     shared with every rank at the start; only rank 0 writes files; metrics are global.
     """
-    ranks = distributed.current()
-    shard = {"rank": ranks.rank, "world_size": ranks.world_size, "drop_last": ranks.world_size > 1}
+    ranks = dist.current()
+    shard: dict[str, Any] = {"rank": ranks.rank, "world_size": ranks.world_size, "drop_last": ranks.world_size > 1}
     loader = TensorLoader(data.x_train, data.y_train, cfg.batch_size, shuffle=True, augment=augment,
                           seed=cfg.seed, device=device, **shard)
     score_loader = TensorLoader(data.x_train, data.y_train, cfg.batch_size, shuffle=True, seed=cfg.seed + 1,
                                 device=device, **shard)
     ckpt = Path(checkpoint) if checkpoint else None
-    resuming = distributed.on_main(lambda: resume and ckpt is not None and ckpt.exists())
-    distributed.broadcast_(model.to(device))  # one starting point on every rank, before masks are chosen
+    resuming = dist.on_main(lambda: resume and ckpt is not None and ckpt.exists())
+    dist.broadcast_(model.to(device))  # one starting point on every rank, before masks are chosen
     if len(loader) == 0:
         raise DrtError(f"{len(data.x_train)} training samples make no full global batch of "
                        f"{ranks.world_size} x {cfg.batch_size}; use a smaller --batch-size or fewer processes")
@@ -118,7 +120,7 @@ def train(
                  epochs=cfg.epochs, steps_per_epoch=len(loader), input_shape=tuple(data.input_shape),
                  num_classes=data.num_classes, regularisers=regularisers, weight_decay=cfg.weight_decay,
                  seed=cfg.seed, device=device, run_dir=ckpt.parent if ckpt and ranks.is_main else None,
-                 setup=not resuming, wrap=distributed.wrapper(device))
+                 setup=not resuming, wrap=wrapper(device))
     state = drv.state
     setup_time = time.perf_counter() - t_setup  # pruning-at-init scoring, FreezeNet, ... (0 work on resume)
     total_epochs = method.total_epochs(cfg.epochs)
@@ -126,7 +128,8 @@ def train(
     state.grad_scaling = scaler.is_enabled()
     history: list[dict[str, Any]] = []
     if resuming:
-        payload = distributed.on_main(lambda: load_checkpoint(ckpt))  # every rank: rank 0's file
+        assert ckpt is not None  # resuming needs one
+        payload = dist.on_main(lambda: load_checkpoint(ckpt))  # every rank: rank 0's file
         if not 0 < payload["epoch"] <= total_epochs:
             raise DrtError(f"checkpoint {ckpt} is at epoch {payload['epoch']}, outside this run's "
                            f"{total_epochs} epochs; it belongs to another run")
@@ -148,7 +151,7 @@ def train(
         for i, (x, y) in enumerate(bar):
             t, length = method.schedule_position(epoch + i / len(loader), cfg.epochs)
             lr = lr_at(cfg, t, 1 / len(loader), length)
-            for g in state.optimizer.param_groups:
+            for g in drv.optimizer.param_groups:
                 g["lr"] = lr
             state.x, state.y = x, y
             with autocast(device, cfg.amp):
@@ -160,23 +163,23 @@ def train(
                 kept = f"; last good checkpoint kept at {ckpt}" if ckpt and ckpt.exists() else ""
                 raise DrtError(f"loss became {float(total.detach())} at epoch {epoch + 1}, step {i + 1} "
                                f"(lr {lr:.3g}){kept}")
-            state.optimizer.zero_grad(set_to_none=True)
+            drv.optimizer.zero_grad(set_to_none=True)
             scaler.scale(total).backward()
             if scaler.is_enabled():
-                scaler.unscale_(state.optimizer)
+                scaler.unscale_(drv.optimizer)
             drv.after_backward()
-            scaler.step(state.optimizer)
+            scaler.step(drv.optimizer)
             scaler.update()
             drv.after_step()
             loss_sum += loss.detach() * len(y)
             correct += (out.argmax(1) == y).sum()
             seen += len(y)
         train_time = time.perf_counter() - t0
-        loss_sum, correct, seen = distributed.all_reduce_sum(loss_sum, correct, seen)
-        entry: dict[str, Any] = {"epoch": epoch + 1, "lr": lr, "train_loss": loss_sum / seen,
-                                 "train_acc": correct / seen, "train_time": train_time,
-                                 "step_time": train_time / len(loader), "images_per_s": seen / train_time}
-        distributed.broadcast_(state.model, buffers_only=True)  # BN running stats: rank 0's everywhere
+        total_loss, total_correct, total_seen = dist.all_reduce_sum(loss_sum, correct, seen)
+        entry: dict[str, Any] = {"epoch": epoch + 1, "lr": lr, "train_loss": total_loss / total_seen,
+                                 "train_acc": total_correct / total_seen, "train_time": train_time,
+                                 "step_time": train_time / len(loader), "images_per_s": total_seen / train_time}
+        dist.broadcast_(state.model, buffers_only=True)  # BN running stats: rank 0's everywhere
         kept = f"; last good checkpoint kept at {ckpt}" if ckpt and ckpt.exists() else ""
         if not all(bool(torch.isfinite(t).all()) for t in state.model.state_dict().values() if t.is_floating_point()):
             raise DrtError(f"weights became non-finite in epoch {epoch + 1} (lr {lr:.3g}){kept}")
@@ -185,7 +188,7 @@ def train(
         if done % cfg.eval_every == 0 or done % cfg.epochs == 0 or done == total_epochs:  # and every IMP round's end
             entry["test_loss"], entry["test_acc"] = evaluate(state.model, data.x_test, data.y_test,
                                                              cfg.eval_batch_size, device, cfg.amp, sharded=True)
-            if data.x_val is not None:
+            if data.x_val is not None and data.y_val is not None:
                 entry["val_loss"], entry["val_acc"] = evaluate(state.model, data.x_val, data.y_val,
                                                                cfg.eval_batch_size, device, cfg.amp, sharded=True)
             if not all(math.isfinite(entry[k]) for k in ("test_loss", "val_loss") if k in entry):
@@ -202,8 +205,8 @@ def train(
         entry.update(state.log)
         history.append(entry)
         if ckpt is not None and ranks.is_main:
-            save_checkpoint(ckpt, {**drv.state_dict(), "scaler": scaler.state_dict(), "rng": torch.get_rng_state(),
-                                   "history": history, "setup_time": setup_time})
+            save_atomic(ckpt, {**drv.state_dict(), "scaler": scaler.state_dict(), "rng": torch.get_rng_state(),
+                               "history": history, "setup_time": setup_time})
         if on_epoch is not None:
             on_epoch(entry)
     final = final_metrics(state, method, history, device)

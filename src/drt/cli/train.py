@@ -1,0 +1,81 @@
+"""``drt train``: one configuration from flags or a YAML file (``--nproc N``: under torchrun, DDP)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from drt.cli.common import add_run_flags, progress
+from drt.errors import DrtError
+from drt.experiments import config as config_mod
+from drt.experiments.env import resolve_device
+from drt.experiments.runner import run
+from drt.experiments.store import STORE_NAME
+from drt.experiments.table import format_table, method_lines, summary_row
+from drt.options import add_flags
+from drt.train.distributed import launched, process_group
+
+
+def add_parser(sub: Any) -> argparse.ArgumentParser:
+    p = sub.add_parser("train", help="train one configuration (flags or --config YAML)")
+    p.add_argument("--config", help="YAML file of settings (flags given on the command line win)")
+    p.add_argument("--resume", action="store_true", help="continue a killed run from its last checkpoint")
+    p.add_argument("--force", action="store_true", help="re-run even if this config already finished")
+    p.add_argument("--nproc", type=int, help="data-parallel processes on this machine: re-launches under torchrun "
+                                             "(DDP; the global batch is nproc x batch size)")
+    add_run_flags(p)
+    p.add_argument("--method", help="training method (see `drt list methods`)")
+    p.add_argument("--reg", help="regularisers to add, comma-separated (e.g. cka-sr)")
+    seen: set[str] = set()
+    for cls in config_mod.option_classes():
+        group = p.add_argument_group(cls.__name__)
+        add_flags(group, cls, seen)
+    return p
+
+
+def relaunch(nproc: int, argv: list[str]) -> int:
+    """Run ``drt <argv>`` without ``--nproc`` under torchrun with ``nproc`` processes; its exit code."""
+    if launched():
+        raise DrtError("--nproc starts its own processes; drop it when running under torchrun")
+    rest, skip = [], False
+    for a in argv:
+        if skip or a.startswith("--nproc="):
+            skip = False
+            continue
+        skip = a == "--nproc"
+        if not skip:
+            rest.append(a)
+    threads = os.environ.get("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))  # cores / process
+    env = {**os.environ, "OMP_NUM_THREADS": threads}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
+           "-m", "drt", *rest]
+    return subprocess.run(cmd, env=env).returncode
+
+
+def command(args: argparse.Namespace) -> int:
+    if args.nproc is not None and args.nproc < 1:
+        raise DrtError(f"--nproc must be >= 1, got {args.nproc}")
+    if args.nproc is not None and args.nproc > 1:
+        return relaunch(args.nproc, args.argv)
+    values: dict[str, Any] = config_mod.read_yaml(args.config) if args.config else {}
+    for key in config_mod.valid_keys():
+        v = getattr(args, key, None)
+        if v is not None:
+            values[key] = v
+    cfg = config_mod.make_config(values)
+    with process_group(resolve_device(args.device)) as ranks:  # joins the torchrun job, if any
+        metrics = run(cfg, args.results_dir, device=args.device, force=args.force, resume=args.resume,
+                      progress=progress(args))
+    if not ranks.is_main:  # rank 0 alone prints
+        return 0
+    print(format_table([summary_row(cfg.label(), metrics)]))
+    for line in method_lines(metrics):
+        print(line)
+    if ranks.world_size > 1:
+        print(f"{ranks.world_size} processes (DDP): global batch {ranks.world_size} x {cfg.train.batch_size}")
+    print(f"run {metrics['run_id']} recorded in {Path(args.results_dir) / STORE_NAME}")
+    return 0
