@@ -1,4 +1,4 @@
-"""``drt list models|datasets|methods|runs``."""
+"""``drt list models|datasets|methods|recipes|runs``."""
 
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ RUN_COLUMNS = ["id", "status", "model", "dataset", "method", "seed", "test_acc",
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
-    p = sub.add_parser("list", help="list models, datasets, methods or runs")
-    p.add_argument("what", choices=("models", "datasets", "methods", "runs"))
+    p = sub.add_parser("list", help="list models, datasets, methods, recipes or runs")
+    p.add_argument("what", choices=("models", "datasets", "methods", "recipes", "runs"))
     add_results_dir(p, help=None)
     p.add_argument("--format", default="table", choices=("table", "csv", "json"), help="output format (runs)")
     p.add_argument("--output", help="write to this file instead of stdout")

@@ -30,6 +30,8 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     add_run_flags(p)
     p.add_argument("--method", help="training method (see `drt list methods`)")
     p.add_argument("--reg", help="regularisers to add, comma-separated (e.g. cka-sr)")
+    p.add_argument("--recipe", help="start from a named training recipe (see `drt list recipes`); "
+                                    "the config file and flags given win")
     seen: set[str] = set()
     for cls in config_mod.option_classes():
         group = p.add_argument_group(cls.__name__)

@@ -13,6 +13,7 @@ import yaml
 
 from drt.data import DATASETS
 from drt.errors import DrtError
+from drt.experiments.recipes import recipe
 from drt.methods import METHODS, REGULARISERS
 from drt.models import MODELS
 from drt.options import build, field_types, opt, to_dict
@@ -85,7 +86,8 @@ class RunConfig:
 NOT_TRAINING = ("data_dir", "data_root", "eval_every")  # settings outside a run's identity
 
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
-TOP = {"method": "method (see `drt list methods`)", "reg": "regularisers to add, e.g. cka-sr"}
+TOP = {"method": "method (see `drt list methods`)", "reg": "regularisers to add, e.g. cka-sr",
+       "recipe": "start from a named recipe (see `drt list recipes`); other settings given win"}
 
 
 def option_classes() -> list[type]:
@@ -106,6 +108,8 @@ def valid_keys() -> list[str]:
 def make_config(values: dict[str, Any]) -> RunConfig:
     """A validated ``RunConfig`` from flat settings (YAML keys or flags; None = not given)."""
     values = {k: v for k, v in values.items() if v is not None}
+    if "recipe" in values:  # the recipe's settings under everything given explicitly
+        values = {**recipe(str(values.pop("recipe"))), **values}
     unknown = sorted(set(values) - set(valid_keys()))
     if unknown:
         raise DrtError(f"unknown setting(s) {', '.join(unknown)}; valid: {', '.join(valid_keys())}")
