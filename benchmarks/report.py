@@ -13,8 +13,11 @@ import json
 
 from common import RESULTS, ROOT
 
-from drt.experiments.report import COLUMNS, group_runs, table_rows
+from drt.experiments import plots
+from drt.experiments.report import COLUMNS, curves, group_runs, table_rows, with_time_to_target
 from drt.experiments.store import Store
+
+PLOTS = RESULTS / "plots"  # accuracy vs training wall-clock, one per accuracy table
 
 
 def suite_of_runs() -> dict[str, str]:
@@ -40,7 +43,11 @@ def provenance(runs: list[dict], suites: dict[str, str]) -> str:
 def accuracy_tables(store: Store) -> list[str]:
     """One table per model, data set, training subset and length: mean ± std over seeds (drt report's rows)."""
     out, suites = [], suite_of_runs()
-    for group in group_runs(store.runs("done"), by=("dataset", "model", "subset", "epochs")):
+    PLOTS.mkdir(parents=True, exist_ok=True)
+    for old in PLOTS.glob("wallclock-*.png"):
+        old.unlink()
+    done = with_time_to_target(store, store.runs("done"))
+    for group in group_runs(done, by=("dataset", "model", "subset", "epochs")):
         k = group.key
         title = f"{k['model']} on {k['dataset']}, " + (f"{k['subset']} training images" if k["subset"]
                                                          else "full training set") + f", {k['epochs']} epochs"
@@ -50,6 +57,13 @@ def accuracy_tables(store: Store) -> list[str]:
                 *([f"Shared settings: {common}", ""] if common else []),
                 "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS),
                 *("| " + " | ".join(r) + " |" for r in table_rows(group)), ""]
+        targets = sorted({r["metrics"]["tta_target"] for r in runs if "tta_target" in r["metrics"]})
+        cs = curves(store, group, x="wall_clock")
+        if cs and targets:
+            png = PLOTS / f"wallclock-{group.slug}.png"
+            png.write_bytes(plots.curves_png(cs, f"{title}: accuracy vs time", xlabel="training wall-clock (s)",
+                                             targets=targets))
+            out += [f"![accuracy vs training wall-clock, {title}]({png.relative_to(ROOT.parent).as_posix()})", ""]
     return out
 
 
@@ -75,8 +89,15 @@ def main() -> None:
              "columns of the accuracy tables were measured while the suites ran (usually two single-thread "
              "runs at once on the 2 cores, sometimes beside other work): read them as rough costs, and speed "
              "from the side-by-side tables.", "",
+             "## Baseline parity: `drt train` against a plain PyTorch loop", "",
+             "The same recipe, model construction and data tensors; the plain loop (in `benchmarks/parity.py`) "
+             "has its own data order, augmentation, optimizer and schedule. Final test accuracy per seed (%), "
+             "means, drt minus plain, and the larger of the two loops' seed spreads.", "",
+             *json_table("parity"),
              "## Training throughput", "", *json_table("throughput"),
              "## PCN: step time and inference latency vs forward FLOPs", "", *json_table("pcn_speed"),
+             *[line for p in sorted(RESULTS.glob("pcn_speed-*.json")) for line in
+               [f"### {p.stem.removeprefix('pcn_speed-')}: execution plans", "", *json_table(p.stem)]],
              "## Masking overhead", "", *json_table("mask_overhead"),
              "## CKA-SR overhead", "", *json_table("cka_overhead"),
              "## CKA-SR reference runs: weight magnitudes", "", *json_table("cka_weights"),
@@ -94,7 +115,12 @@ def main() -> None:
                [f"### {p.stem.removeprefix('speed-')}", "", *json_table(p.stem)]],
              "## Accuracy (results store)", "",
              "Final-epoch test accuracy, mean ± std over seeds; per table the suite that reproduces it "
-             "(`benchmarks/suites.py`; finished runs are skipped, so a suite also continues where it stopped).",
+             "(`benchmarks/suites.py`; finished runs are skipped, so a suite also continues where it stopped). "
+             "s to target: training wall-clock (set-up, PCN statistics and transforms, pruning scores in; "
+             "evaluation out) until the test accuracy first reaches the table's dense final accuracy minus 0.5 "
+             "points; vs dense: its ratio to dense's own time. Runs recorded before the clock was kept per "
+             "epoch count their epochs' training and method time only. The plot under each table shows test "
+             "accuracy against that clock (dashed: the target).",
              ""]
     db = RESULTS / "drt.sqlite"
     lines += accuracy_tables(Store(db)) if db.exists() else ["*(no runs yet)*"]

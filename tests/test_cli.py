@@ -44,6 +44,27 @@ def test_list_runs_and_export(capsys, finished, tmp_path):
     assert "test_acc" in header.split(",") and line.split(",")[1] == "done"
 
 
+def test_list_runs_reads_like_train_and_puts_failed_runs_apart(capsys, finished):
+    from drt.experiments.store import Store
+
+    store = Store(finished / "drt.sqlite")
+    (done,) = store.runs("done")
+    store.start("f" * 16, "broken", done["config"], {})
+    store.fail("f" * 16, "DrtError: the data folder went away")
+    code, out, _ = run_cli(capsys, "list", "runs", "--results-dir", str(finished))
+    table, failed = out.split("failed runs (1):")
+    assert f"{100 * done['metrics']['test_acc']:.2f}" in table and "s to target" in table and "f" * 16 not in table
+    assert "f" * 16 in failed and "the data folder went away" in failed
+    # a lone dense run is its own reference: it reaches its final accuracy minus half a point
+    assert "not reached" not in table
+
+
+def test_train_says_its_time_to_accuracy(capsys, finished):
+    code, out, err = run_cli(capsys, "train", *TINY, "--method", "snip", "--results-dir", str(finished))
+    assert code == 0, err
+    assert "test accuracy (the dense run's final accuracy - 0.5 points):" in out
+
+
 def test_yaml_config_and_flags_override(capsys, results, tmp_path):
     cfg = tmp_path / "run.yaml"
     cfg.write_text("dataset: digits\nmodel: mlp\nhidden: [16]\ntrain:\n  epochs: 3\n  lr: 0.05\n")

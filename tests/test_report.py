@@ -78,6 +78,26 @@ def test_groups_never_mix_datasets_and_rows_are_mean_std_over_seeds(results):
     assert accs_sorted == sorted(accs_sorted, reverse=True) and [r.number for r in digits.rows] == [1, 2, 3]
 
 
+def test_time_to_target_is_the_dense_final_accuracy_minus_half_a_point_on_the_stored_clock(results):
+    store, runs = finished_runs(results, parse_filters(["dataset=digits"]))
+    dense = [r for r in runs if r["method"] == "dense"]
+    target = statistics.mean(r["metrics"]["test_acc"] for r in dense) - 0.005
+    for r in runs:
+        m, history = r["metrics"], store.epochs(r["id"])
+        assert m["tta_target"] == pytest.approx(target)
+        first = next((h["wall_clock"] for h in history if h["test_acc"] >= target - 1e-12), None)
+        assert m["time_to_target"] == first
+    (group,) = group_runs(runs)
+    for row, cells in zip(group.rows, table_rows(group), strict=True):
+        times = [r["metrics"]["time_to_target"] for r in row.runs]
+        if all(t is None for t in times):
+            assert cells[-2:] == ["not reached", "-"]
+        elif None not in times:
+            assert cells[-2].split(" ")[0] == f"{statistics.mean(times):.2f}" and cells[-1].endswith("×")
+    _, mnist1d = finished_runs(results, parse_filters(["dataset=mnist1d"]))
+    assert mnist1d[0]["metrics"]["time_to_target"] is not None  # a lone dense run reaches its own target
+
+
 def test_runs_on_several_processes_get_their_own_row(results):
     _, runs = finished_runs(results, parse_filters(["method=dense", "dataset=digits"]))
     ddp = {**runs[0], "id": "f" * 16, "env": {**runs[0]["env"], "world_size": 2}}  # another global batch
@@ -139,9 +159,11 @@ def test_report_files_are_self_contained_twins(report):
     assert "<script" not in page and "<link" not in page and "http" not in page.replace("http-equiv", "")
     pngs = re.findall(r"!\[[^]]*\]\(([^)]+)\)", md)
     assert len(pngs) == len(srcs) and all((report / p).stat().st_size > 1000 for p in pngs)
-    # digits: Pareto + curves; mnist1d (one row): curves only; analysis: only the figure of a run in the report
+    # digits: Pareto + curves (per epoch and vs wall-clock); mnist1d (one row): curves only; analysis: only the
+    # figure of a run in the report
     assert sorted(p for p in pngs if not p.startswith("analysis-")) == [
-        "curves-digits-mlp-2.png", "curves-mnist1d-mlp-2.png", "pareto-digits-mlp-2.png"]
+        "curves-digits-mlp-2.png", "curves-mnist1d-mlp-2.png", "pareto-digits-mlp-2.png",
+        "wallclock-digits-mlp-2.png", "wallclock-mnist1d-mlp-2.png"]
     assert [p for p in pngs if p.startswith("analysis-")] == [next(p for p in pngs if p.endswith("-spectra.png"))]
     assert "cka.png" not in page and md.count("\n| 1 | ") == 2 and page.count("<table>") == 2
     assert "1 unfinished" in md
@@ -178,7 +200,7 @@ def test_html_renders_in_headless_chromium(report, tmp_path):
     dom = subprocess.run([*base, "--dump-dom", url], capture_output=True, text=True, timeout=120).stdout
     assert dom.count("<table>") == 2 and "mlp on digits, 2 epochs" in dom and "snip sparsity=0.98" in dom
     imgs = re.findall(r"<img [^>]*>", dom)
-    assert len(imgs) == 4 and all('src="data:image/png;base64,' in i for i in imgs)
+    assert len(imgs) == 6 and all('src="data:image/png;base64,' in i for i in imgs)
     shot = tmp_path / "shot.png"
     subprocess.run([*base, "--hide-scrollbars", "--window-size=1280,2000", f"--screenshot={shot}", url],
                    capture_output=True, timeout=120)

@@ -52,3 +52,13 @@ def test_the_loop_records_the_training_clock_and_evaluation_time_apart(digits):
     assert walls[-1] == pytest.approx(result.final["train_time"])  # the clock ends at the run's training time
     assert result.final["eval_time"] == pytest.approx(sum(e["eval_time"] for e in h))
     assert walls[0] >= h[0]["train_time"]
+
+
+def test_a_small_dense_model_is_timed_to_the_full_models_accuracy():
+    made = [_run("full", "dense", [0.6, 0.7, 0.80], [10, 20, 30]), _run("small", "dense", [0.6, 0.79, 0.81], [5, 9, 13])]
+    made[0][0]["metrics"]["params_trainable"], made[1][0]["metrics"]["params_trainable"] = 1000, 300
+    made[1][0]["config"]["model"]["width"] = 8
+    histories = {run["id"]: h for run, h in made}
+    tta = annotate([run for run, _ in made], histories.__getitem__)
+    assert tta["small"]["tta_target"] == pytest.approx(0.795) and tta["small"]["time_to_target"] == 13
+    assert tta["full"]["time_to_target"] == 30 and tta["small"]["tta_vs_dense"] == pytest.approx(13 / 30)

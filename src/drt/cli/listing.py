@@ -10,11 +10,9 @@ from typing import Any
 from drt.cli.common import add_results_dir
 from drt.errors import DrtError
 from drt.experiments import registries
+from drt.experiments.report import with_time_to_target
 from drt.experiments.store import STORE_NAME, Store, flat_rows, to_csv
-from drt.experiments.table import format_table
-
-RUN_COLUMNS = ["id", "status", "model", "dataset", "method", "seed", "test_acc", "params_trainable", "flops",
-               "step_time"]
+from drt.experiments.table import format_table, run_row
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
@@ -30,12 +28,19 @@ def runs_text(results_dir: str, fmt: str) -> str:
     store_path = Path(results_dir) / STORE_NAME
     if not store_path.exists():
         raise DrtError(f"no results store at {store_path}; train something first or pass --results-dir")
-    rows = flat_rows(Store(store_path).runs())
+    store = Store(store_path)
+    runs = store.runs()
+    with_time_to_target(store, [r for r in runs if r["status"] == "done"])
+    rows = flat_rows(runs)
     if fmt == "json":
         return json.dumps(rows, indent=2)
     if fmt == "csv":
         return to_csv(rows)
-    return format_table([{c: r.get(c, "") for c in RUN_COLUMNS} for r in rows])
+    done = [run_row(r) for r in rows if r["status"] != "failed"]
+    failed = [{k: r.get(k, "") for k in ("id", "model", "dataset", "method", "seed", "error")}
+              for r in rows if r["status"] == "failed"]
+    text = format_table(done) if done else "(no finished or running runs)"
+    return text + (f"\n\nfailed runs ({len(failed)}):\n" + format_table(failed) if failed else "")
 
 
 def command(args: argparse.Namespace) -> int:

@@ -14,8 +14,9 @@ from drt.errors import DrtError
 from drt.experiments import config as config_mod
 from drt.experiments.env import resolve_device
 from drt.experiments.runner import run
-from drt.experiments.store import STORE_NAME
-from drt.experiments.table import format_table, method_lines, summary_row
+from drt.experiments.store import STORE_NAME, Store
+from drt.experiments.table import format_table, method_lines, summary_row, tta_line
+from drt.experiments.tta import annotate
 from drt.options import add_flags
 from drt.train.distributed import launched, process_group
 
@@ -77,6 +78,11 @@ def command(args: argparse.Namespace) -> int:
     print(format_table([summary_row(cfg.label(), metrics)]))
     for line in method_lines(metrics):
         print(line)
+    store = Store(Path(args.results_dir) / STORE_NAME)
+    tta = annotate(store.runs("done"), store.epochs).get(metrics["run_id"])
+    said = tta_line(tta) if tta else None
+    if said:
+        print(said)
     if ranks.world_size > 1:
         print(f"{ranks.world_size} processes (DDP): global batch {ranks.world_size} x {cfg.train.batch_size}")
     print(f"run {metrics['run_id']} recorded in {Path(args.results_dir) / STORE_NAME}")

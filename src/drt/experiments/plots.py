@@ -96,10 +96,12 @@ def pareto_png(points: Sequence[Point], title: str) -> bytes:
     return _png(fig)
 
 
-def curves_png(curves: Sequence[tuple[str, np.ndarray, np.ndarray]], title: str) -> bytes:
-    """Test accuracy per epoch: one line per method/budget (mean over seeds), band = ± std.
+def curves_png(curves: Sequence[tuple[str, np.ndarray, np.ndarray]], title: str, xlabel: str = "epoch",
+               targets: Sequence[float] = ()) -> bytes:
+    """Test accuracy per epoch (or against another x): one line per method/budget (mean over seeds), band = ± std.
 
-    ``curves``: (label, epochs, accuracy of shape (seeds, epochs)) triples.
+    ``curves``: (label, x, accuracy of shape (seeds, epochs)) triples; ``targets``: accuracies drawn as dashed
+    lines (the time-to-accuracy targets).
     """
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
@@ -111,8 +113,11 @@ def curves_png(curves: Sequence[tuple[str, np.ndarray, np.ndarray]], title: str)
         (line,) = ax.plot(epochs, mean, marker="o", ms=3, label=label)
         if acc.shape[0] > 1:
             ax.fill_between(epochs, mean - std, mean + std, color=line.get_color(), alpha=0.15)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("epoch")
+    for t in targets:
+        ax.axhline(100 * t, color="0.4", ls="--", lw=0.8)
+    if xlabel == "epoch":
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("test accuracy (%)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)

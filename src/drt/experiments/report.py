@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from drt.errors import DrtError
+from drt.experiments import tta
 from drt.experiments.config import SECTIONS, valid_keys
 from drt.experiments.store import STORE_NAME, Store
 from drt.methods import METHODS, REGULARISERS
@@ -104,7 +105,7 @@ class Row:
     runs: list[dict[str, Any]]
 
     def stat(self, key: str) -> tuple[float, float]:
-        xs = [float(r["metrics"][key]) for r in self.runs if key in r["metrics"]]
+        xs = [float(r["metrics"][key]) for r in self.runs if r["metrics"].get(key) is not None]
         if not xs:
             return float("nan"), float("nan")
         return statistics.mean(xs), statistics.stdev(xs) if len(xs) > 1 else 0.0
@@ -186,7 +187,21 @@ def _ms(m: float, s: float, n: int, fmt: str, exact: bool = False) -> str:
 
 
 COLUMNS = ("#", "method / budget", "seeds", "test acc %", "trainable params", "MFLOPs/sample (dense-eq.)",
-           "MFLOPs/sample (effective)", "ms/step", "train s")
+           "MFLOPs/sample (effective)", "ms/step", "train s", "s to target", "vs dense")
+
+
+def _time_to_target(row: Row) -> tuple[str, str]:
+    """The row's time to the dense target (mean ± std over the seeds that reach it) and its ratio to dense."""
+    timed = [r for r in row.runs if "tta_target" in r["metrics"]]
+    if not timed:
+        return "-", "-"  # no dense reference in the store
+    reached = [r["metrics"] for r in timed if r["metrics"]["time_to_target"] is not None]
+    if not reached:
+        return "not reached", "-"
+    t, ratio = row.stat("time_to_target"), row.stat("tta_vs_dense")
+    seeds = f" ({len(reached)}/{len(row.runs)} seeds)" if len(reached) < len(row.runs) else ""
+    cell = _ms(*t, len(reached), ".2f" if t[0] < 10 else ".0f") + seeds
+    return cell, ("-" if ratio[0] != ratio[0] else f"{ratio[0]:.2f}×")
 
 
 def table_rows(group: Group) -> list[list[str]]:
@@ -202,21 +217,36 @@ def table_rows(group: Group) -> list[list[str]]:
                     _ms(flops[0] / 1e6, flops[1] / 1e6, n, ".3f", exact=True),
                     _ms(eff[0] / 1e6, eff[1] / 1e6, n, ".3f", exact=True),
                     _ms(1000 * step[0], 1000 * step[1], n, ".2f"),
-                    _ms(*total, n, ".2f" if total[0] < 10 else ".0f")])
+                    _ms(*total, n, ".2f" if total[0] < 10 else ".0f"), *_time_to_target(row)])
     return out
 
 
-def curves(store: Store, group: Group) -> list[tuple[str, np.ndarray, np.ndarray]]:
-    """(label, epochs, test accuracy of shape (seeds, epochs)) per row, over the epochs every seed recorded."""
+def curves(store: Store, group: Group, x: str = "epoch") -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """(label, x, test accuracy of shape (seeds, epochs)) per row, over the epochs every seed recorded; x is
+    the epoch, or with ``x="wall_clock"`` the training wall-clock at each epoch's end (mean over seeds)."""
     out = []
     for row in group.rows:
-        per_run = [{e["epoch"]: e["test_acc"] for e in store.epochs(r["id"]) if "test_acc" in e} for r in row.runs]
+        per_run = []
+        for r in row.runs:
+            history = store.epochs(r["id"])
+            per_run.append({e["epoch"]: (e["test_acc"], t) for e, t in zip(history, tta.clock(history), strict=True)
+                            if "test_acc" in e})
         per_run = [a for a in per_run if a]
         epochs = sorted(set.intersection(*(set(a) for a in per_run))) if per_run else []
         if epochs:
-            out.append((f"#{row.number} {row.label}", np.array(epochs), np.array([[a[e] for e in epochs]
-                                                                                  for a in per_run])))
+            at = np.array([[a[e] for e in epochs] for a in per_run])  # (seeds, epochs, [acc, clock])
+            xs = np.array(epochs) if x == "epoch" else at[:, :, 1].mean(0)
+            out.append((f"#{row.number} {row.label}", xs, at[:, :, 0]))
     return out
+
+
+def with_time_to_target(store: Store, runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``runs`` with each one's time to accuracy (``drt.experiments.tta``, against every finished dense run in
+    the store) merged into its metrics, in memory."""
+    found = tta.annotate(store.runs("done"), store.epochs)
+    for r in runs:
+        r["metrics"] = {**r["metrics"], **found.get(r["id"], {})}
+    return runs
 
 
 def finished_runs(results_dir: str | Path, filters: dict[str, list[str]] | None = None
@@ -233,7 +263,7 @@ def finished_runs(results_dir: str | Path, filters: dict[str, list[str]] | None 
     if not runs:
         want = " ".join(f"{k}={'|'.join(v)}" for k, v in (filters or {}).items())
         raise DrtError(f"no finished runs in {path} match {want} ({len(done)} finished runs in total)")
-    return store, runs
+    return store, with_time_to_target(store, runs)
 
 
 def analysis_images(results_dir: str | Path, run_ids: set[str]) -> list[Path]:

@@ -68,7 +68,11 @@ def blocks(results_dir: str | Path, filters: dict[str, list[str]] | None = None)
         "mean ± sample std over seeds (counts identical across seeds are shown without ±). Trainable params count "
         "the parameters the optimizer updates that are not masked or frozen. FLOPs are forward FLOPs per sample "
         "(multiply-add = 2): dense-equivalent as run, and effective (each layer weighted by its density). "
-        "ms/step and train s are measured training time (evaluation excluded); the number beside each point in "
+        "ms/step and train s are measured training time (evaluation excluded). s to target is time to accuracy: the "
+        "training wall-clock (set-up, PCN statistics and transforms, pruning scores included; evaluation excluded) "
+        "until the test accuracy first reaches the target, the final accuracy of the table's dense run (the "
+        "largest dense model of that name, same data and epochs) minus 0.5 points; vs dense is its ratio to the "
+        "dense run's own time to that target. The number beside each point in "
         "the plots is the row's #; filled markers are on the Pareto front (higher accuracy at lower cost)."),
         Para(f"Measured on: {_environment(runs)}.")]
     for g in group_runs(runs):
@@ -86,6 +90,14 @@ def blocks(results_dir: str | Path, filters: dict[str, list[str]] | None = None)
         if cs:
             out.append(Image(f"curves-{g.slug}.png", plots.curves_png(cs, f"{g.title}: test accuracy per epoch"),
                              f"Training curves, {g.title}"))
+            targets = sorted({r["metrics"]["tta_target"] for row in g.rows for r in row.runs
+                              if "tta_target" in r["metrics"]})
+            out.append(Image(f"wallclock-{g.slug}.png",
+                             plots.curves_png(curves(store, g, x="wall_clock"), f"{g.title}: test accuracy vs time",
+                                              xlabel="training wall-clock (s)", targets=targets),
+                             f"Accuracy vs training wall-clock, {g.title}"
+                             + (f" (dashed: target {', '.join(f'{100 * t:.2f}%' for t in targets)})" if targets
+                                else "")))
     extra = analysis_images(results_dir, {r["id"] for r in runs})
     if extra:
         root = Path(results_dir) / "analysis"

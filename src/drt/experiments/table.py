@@ -20,6 +20,33 @@ def summary_row(label: str, m: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def run_row(r: dict[str, Any]) -> dict[str, Any]:
+    """One stored run (``flat_rows``) as ``drt list runs`` shows it: percent, rounded, time to accuracy."""
+
+    def num(key: str, scale: float, fmt: str) -> str:
+        v = r.get(key)
+        return "" if v is None else format(scale * v, fmt)
+
+    tta = ("" if "tta_target" not in r else "not reached" if r["time_to_target"] is None
+           else f"{r['time_to_target']:.1f}")
+    return {"id": r["id"], "status": r["status"], "model": r["model"], "dataset": r["dataset"],
+            "method": r["method"], "seed": r["seed"], "test acc %": num("test_acc", 100, ".2f"),
+            "trainable": num("params_trainable", 1, ","), "MFLOPs/sample": num("flops", 1e-6, ".3f"),
+            "ms/step": num("step_time", 1000, ".2f"), "train s": num("train_time", 1, ".1f"), "s to target": tta}
+
+
+def tta_line(m: dict[str, Any]) -> str | None:
+    """Time to accuracy in words (``drt.experiments.tta`` fields merged into a run's metrics), if known."""
+    if "tta_target" not in m:
+        return None
+    head = f"time to {100 * m['tta_target']:.2f}% test accuracy (the dense run's final accuracy - 0.5 points): "
+    if m["time_to_target"] is None:
+        return head + "not reached"
+    ref = m.get("dense_time_to_target")
+    return head + f"{m['time_to_target']:.1f} s of training" + (
+        f"; dense {ref:.1f} s ({m['tta_vs_dense']:.2f}x)" if ref else "")
+
+
 def format_table(rows: list[dict[str, Any]]) -> str:
     if not rows:
         return "(no rows)"

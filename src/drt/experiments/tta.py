@@ -2,7 +2,9 @@
 
 The target of a run is its dense reference's final test accuracy minus ``margin`` (default 0.5
 points): the mean over the finished dense runs with the same data (data set, subset, validation
-split, augmentation, image size), the same model settings and the same number of epochs. The clock
+split, augmentation, image size), the same model and the same number of epochs. Where dense runs of
+the model at several sizes (``width``, ``hidden``) are stored, the reference is the largest: a
+small-dense baseline is timed to the full model's accuracy, not to its own. The clock
 is a run's training wall-clock (set-up, steps, statistics and transforms; evaluation excluded) at
 the end of the first evaluated epoch whose test accuracy reaches the target; a run that never
 reaches it has none. Runs recorded before the clock was kept per epoch count their epochs' training
@@ -18,6 +20,7 @@ from typing import Any
 
 DEFAULT_MARGIN = 0.005
 DATA_KEYS = ("dataset", "subset", "val_size", "augment", "image_size")
+SIZE_KEYS = ("width", "hidden")  # a narrower model of the same name is compared with the full one
 
 
 def clock(history: Sequence[dict[str, Any]]) -> list[float]:
@@ -38,9 +41,18 @@ def time_to(history: Sequence[dict[str, Any]], target: float, metric: str = "tes
 
 
 def reference_key(config: dict[str, Any]) -> str:
-    """What a run is compared on: its data, model settings and epochs (not the method or its recipe)."""
+    """What a run is compared on: its data, model (but its size) and epochs (not the method or its recipe)."""
     data = {k: config["data"].get(k) for k in DATA_KEYS}
-    return json.dumps([data, config["model"], config["train"]["epochs"]], sort_keys=True)
+    model = {k: v for k, v in config["model"].items() if k not in SIZE_KEYS}
+    return json.dumps([data, model, config["train"]["epochs"]], sort_keys=True)
+
+
+def _largest(refs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The dense runs of the model size with the most trainable parameters."""
+    by_size: dict[str, list[dict[str, Any]]] = {}
+    for r in refs:
+        by_size.setdefault(json.dumps(r["config"]["model"], sort_keys=True), []).append(r)
+    return max(by_size.values(), key=lambda rs: statistics.mean(r["metrics"].get("params_trainable", 0) for r in rs))
 
 
 def annotate(runs: Iterable[dict[str, Any]], history: Callable[[str], list[dict[str, Any]]],
@@ -54,7 +66,8 @@ def annotate(runs: Iterable[dict[str, Any]], history: Callable[[str], list[dict[
         if r["config"]["method"] == "dense" and not r["config"].get("reg"):
             dense.setdefault(reference_key(r["config"]), []).append(r)
     out: dict[str, dict[str, Any]] = {}
-    for key, refs in dense.items():
+    for key, all_refs in dense.items():
+        refs = _largest(all_refs)
         target = statistics.mean(r["metrics"]["test_acc"] for r in refs) - margin
         ref_times = [t for r in refs if (t := time_to(history(r["id"]), target)) is not None]
         ref_time = statistics.mean(ref_times) if ref_times else None
