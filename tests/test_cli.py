@@ -240,3 +240,14 @@ def test_a_run_busy_in_another_live_process_is_not_trained_twice(results):
     # the owner is gone (killed run): the run is taken over and finished, once
     assert not run(cfg, results, log=lambda *_: None)["skipped"]
     assert [r["status"] for r in store.runs()] == ["done"]
+
+
+def test_a_setting_refused_at_set_up_leaves_no_row_and_no_folder(capsys, results):
+    for bad in (["--method", "pcn"], ["--method", "freeze-layers", "--freeze", "nolayer"],
+                ["--method", "pcn", "--epochs", "2", "--pcn-keep", "nolayer=3"]):
+        code, _, err = run_cli(capsys, "train", *TINY, *bad, "--results-dir", str(results))
+        assert code == 2 and err.count("\n") == 1 and err.startswith("drt: error: ")
+    assert "SequentialNet" not in err and "matches no" in err
+    from drt.experiments.store import Store
+
+    assert Store(results / "drt.sqlite").runs() == [] and not (results / "runs").exists()

@@ -127,7 +127,7 @@ def test_freeze_layers_patterns_fraction_and_resume(digits, tmp_path):
 
 def test_bad_freezing_inputs(digits):
     mlp = _model(digits, "mlp", hidden=[16])
-    with pytest.raises(DrtError, match="model SequentialNet has no BatchNorm"):
+    with pytest.raises(DrtError, match="model mlp has no BatchNorm"):
         train(mlp, digits, TrainConfig(epochs=1), BNOnly(), device=CPU)
     with pytest.raises(DrtError, match="needs --freeze"):
         train(mlp, digits, TrainConfig(epochs=1), FreezeLayers(), device=CPU)

@@ -259,7 +259,7 @@ def test_earlybird_l1_penalty_on_bn_gamma_until_the_ticket(digits):
 
 
 def test_earlybird_needs_batchnorm(digits):
-    with pytest.raises(DrtError, match="model SequentialNet has no BatchNorm"):
+    with pytest.raises(DrtError, match="model mlp has no BatchNorm"):
         train(_mlp(digits), digits, TrainConfig(epochs=2, batch_size=64), EarlyBird(), device=CPU)
     with pytest.raises(DrtError, match="eb_ratio"):
         EarlyBirdOptions(eb_ratio=1.0)

@@ -95,24 +95,25 @@ def run(cfg: RunConfig, results_dir: str | Path = "results", *, device: str = "a
         if ranks.is_main:  # no collective here: other ranks may not have failed
             Store(results_dir / STORE_NAME).release(run_id)
         raise
-    dist.on_main(start)
+    started = False
+
+    def ready() -> None:  # the methods accepted their settings: now the run exists
+        nonlocal started
+        dist.on_main(start)
+        started = True
+
     store = Store(results_dir / STORE_NAME) if ranks.is_main else None
     augment = data.augment if cfg.data.augment == "auto" else cfg.data.augment
     try:
         result = train(model, data, cfg.train, method, regs, device=dev, augment=augment, checkpoint=ckpt,
                        resume=resume, on_epoch=(lambda m: store.add_epoch(run_id, m)) if store is not None else None,
-                       progress=progress)
-    except DrtError as e:
-        if store is not None:
-            store.fail(run_id, str(e))
-        raise
-    except KeyboardInterrupt:
-        if store is not None:
-            store.fail(run_id, "interrupted")
-        raise
-    except Exception as e:  # record, then let the CLI report it
-        if store is not None:
-            store.fail(run_id, f"{type(e).__name__}: {e}")
+                       on_ready=ready, progress=progress)
+    except BaseException as e:
+        if store is not None and not started:  # refused at set-up (a bad setting): no row, no folder
+            store.release(run_id)
+        elif store is not None:  # a run that started and then failed is recorded with its reason
+            store.fail(run_id, "interrupted" if isinstance(e, KeyboardInterrupt)
+                       else str(e) if isinstance(e, DrtError) else f"{type(e).__name__}: {e}")
         raise
     metrics = {**result.final, "run_id": run_id}
     if store is not None:

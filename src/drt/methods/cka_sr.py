@@ -19,6 +19,7 @@ from drt.analysis.hooks import FeatureHooks
 from drt.cka import aug_cka_loss, cka_sr_loss
 from drt.errors import DrtError
 from drt.methods.base import REGULARISERS, Method, TrainState
+from drt.models import name_of
 from drt.options import opt
 
 
@@ -47,7 +48,7 @@ def feature_stages(model: nn.Module, layers: tuple[str, ...] | None = None) -> l
         return [list(layers)]
     stages = getattr(model, "drt_stages", None)
     if not stages:
-        raise DrtError(f"model {type(model).__name__} declares no feature stages; name them with --cka-layers "
+        raise DrtError(f"model {name_of(model)} declares no feature stages; name them with --cka-layers "
                        "(Python: Options(cka_layers=[...]))")
     return [list(s) for s in stages]
 

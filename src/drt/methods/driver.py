@@ -28,6 +28,7 @@ from torch import nn
 
 from drt.errors import DrtError, first_line
 from drt.methods.base import Method, TrainState
+from drt.models import name_of
 
 MakeOptimizer = Callable[[list[dict[str, Any]]], torch.optim.Optimizer]
 
@@ -46,7 +47,7 @@ class Driver:
             if not isinstance(p, Method):
                 raise DrtError(f"Driver takes method instances (e.g. methods.get('rigl')(Options())); got {p!r}")
         if not any(True for _ in model.parameters()):
-            raise DrtError(f"{type(model).__name__} has no parameters to train")
+            raise DrtError(f"{name_of(model)} has no parameters to train")
         for name, value in (("epochs", epochs), ("steps_per_epoch", steps_per_epoch)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise DrtError(f"Driver: {name} must be a positive int; got {value!r}")

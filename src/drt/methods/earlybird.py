@@ -22,6 +22,7 @@ from torch.nn.modules.conv import _ConvNd, _ConvTransposeNd
 
 from drt.errors import DrtError
 from drt.methods.base import METHODS, Method, TrainState
+from drt.models import name_of
 from drt.options import opt
 from drt.pcn.layers import weight_of
 from drt.sparse import MaskSet, check_ranks_agree, global_topk, prunable
@@ -114,7 +115,7 @@ class EarlyBird(Method):
     def setup(self, state: TrainState) -> None:
         self.groups = bn_producers(state.model, state.input_shape)
         if not self.groups:
-            raise DrtError(f"earlybird prunes channels by |BN γ|; model {type(state.model).__name__} has no "
+            raise DrtError(f"earlybird prunes channels by |BN γ|; model {name_of(state.model)} has no "
                            "BatchNorm layers (try resnet20 or vgg11)")
         self.max_epoch = self.options.eb_max_epoch or max(1, state.epochs // 2)
         if self.max_epoch > state.epochs:

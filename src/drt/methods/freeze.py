@@ -33,7 +33,7 @@ from drt.analysis.cost import param_counts
 from drt.errors import DrtError
 from drt.methods.base import METHODS, Method, TrainState
 from drt.methods.sparse_base import score_batches
-from drt.models import create
+from drt.models import create, name_of
 from drt.options import opt
 from drt.sparse import MaskSet, check_ranks_agree, check_sparsity, global_topk, prunable, snip_scores, zero_state_
 from drt.sparse.masks import pack
@@ -59,7 +59,7 @@ class FreezeMethod(Method):
         whole = set(chosen) | {n for n, m in partial.items() if not m.any()}
         self.whole = {n: tuple(p.shape) for n, p in params.items() if n in whole}
         if len(self.whole) == len(params):
-            raise DrtError(f"{type(self).__name__}: every parameter of {type(state.model).__name__} would be "
+            raise DrtError(f"{type(self).__name__}: every parameter of {name_of(state.model)} would be "
                            "frozen; nothing left to train")
         self.trained = {n: m.to(params[n].device) for n, m in partial.items() if n not in whole and not m.all()}
         check_ranks_agree(MaskSet(self.trained), f"{type(self).__name__} frozen entries")
@@ -143,7 +143,7 @@ class FreezeNet(FreezeMethod):
     def choose(self, state: TrainState) -> tuple[Sequence[str], Mapping[str, Tensor]]:
         names = list(prunable(state.model))
         if not names:
-            raise DrtError(f"freezenet: model {type(state.model).__name__} has no conv or linear weights")
+            raise DrtError(f"freezenet: model {name_of(state.model)} has no conv or linear weights")
         self.spec = {"seed": state.seed, "input_shape": tuple(state.input_shape), "num_classes": state.num_classes}
         batches = score_batches(state, self.options.score_batches)
         scores = snip_scores(state.model, state.loss_fn, batches, names, reduce=dist.mean_)  # global-batch gradient
@@ -212,7 +212,7 @@ class BNOnly(FreezeMethod):
         bn = {f"{m}.{p}" for m, mod in state.model.named_modules() if isinstance(mod, _BatchNorm)
               for p, _ in mod.named_parameters(recurse=False)}
         if not bn:
-            raise DrtError(f"bn-only trains BatchNorm γ, β; model {type(state.model).__name__} has no "
+            raise DrtError(f"bn-only trains BatchNorm γ, β; model {name_of(state.model)} has no "
                            "BatchNorm layers (try resnet20 or vgg11)")
         return [n for n, _ in state.model.named_parameters() if n not in bn], {}
 
@@ -246,7 +246,8 @@ def match_frozen(model: nn.Module, patterns: Sequence[str]) -> list[str]:
             unknown.append(pat)
     if unknown:
         owners = list(dict.fromkeys(n.rpartition(".")[0] for n in params))
-        raise DrtError(f"--freeze {', '.join(unknown)} match no module or parameter of {type(model).__name__}; "
+        verb = "matches" if len(unknown) == 1 else "match"
+        raise DrtError(f"--freeze {', '.join(unknown)} {verb} no module or parameter of {name_of(model)}; "
                        f"valid modules: {', '.join(owners)} (patterns like layer1.* allowed)")
     return [n for n in params if n in hit]
 

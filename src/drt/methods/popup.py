@@ -31,6 +31,7 @@ from drt.analysis.cost import param_counts
 from drt.errors import DrtError
 from drt.methods.base import METHODS, TrainState
 from drt.methods.reparam import Reparametrised
+from drt.models import name_of
 from drt.options import opt
 from drt.sparse import DISTRIBUTIONS, MaskSet, check_ranks_agree, check_sparsity, masks_from_scores, prunable
 
@@ -89,7 +90,7 @@ class EdgePopup(Reparametrised):
     def setup(self, state: TrainState) -> None:
         o, weights = self.options, prunable(state.model)
         if not weights:
-            raise DrtError(f"edge-popup: model {type(state.model).__name__} has no conv or linear weights")
+            raise DrtError(f"edge-popup: model {name_of(state.model)} has no conv or linear weights")
         g = torch.Generator().manual_seed(state.seed + 31)  # identical on every rank
         self.scores, self.fixed, self._mask = {}, {}, None
         for n, w in weights.items():

@@ -21,6 +21,7 @@ from torch import nn
 
 from drt.errors import DrtError
 from drt.methods.base import METHODS, Method, TrainState
+from drt.models import name_of
 from drt.options import opt
 
 SUPPORTED = "vgg*, resnet* (shortcut conv), conv4, conv6, conv1d, lenet5, mlp"
@@ -139,7 +140,7 @@ def check_pruned(model: nn.Module, input_shape: tuple[int, ...], num_classes: in
     except Exception as e:  # Torch-Pruning left inconsistent layers
         ok, why = False, str(e).splitlines()[0][:100]
     if not ok:
-        raise DrtError(f"tp-channel: Torch-Pruning cannot prune {type(model).__name__} correctly ({why}); "
+        raise DrtError(f"tp-channel: Torch-Pruning cannot prune {name_of(model)} correctly ({why}); "
                        f"supported: {SUPPORTED}")
 
 
@@ -215,7 +216,7 @@ class TPChannel(Method):
         target = self.target(trainable(model))
         _tp()
         if len(layers(model)) < 2:
-            raise DrtError(f"tp-channel: {type(model).__name__} has no hidden channels to prune (only a classifier)")
+            raise DrtError(f"tp-channel: {name_of(model)} has no hidden channels to prune (only a classifier)")
         try:
             history, n = search(model, state.input_shape, target, o.tp_norm, o.tp_global)
             small = replay_(copy.deepcopy(model), state.input_shape, history)
@@ -223,7 +224,7 @@ class TPChannel(Method):
             raise
         except Exception as e:  # Torch-Pruning cannot trace or prune this architecture
             why = f"{type(e).__name__}: {str(e).splitlines()[0][:100] if str(e) else ''}"
-            raise DrtError(f"tp-channel: Torch-Pruning cannot prune {type(model).__name__} ({why}); "
+            raise DrtError(f"tp-channel: Torch-Pruning cannot prune {name_of(model)} ({why}); "
                            f"supported: {SUPPORTED}") from None
         check_pruned(small, state.input_shape, state.num_classes)
         return small, history, target, n

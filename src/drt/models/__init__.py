@@ -49,4 +49,11 @@ def create(name: str, input_shape: Sequence[int], num_classes: int, **options: A
     if kind in _KIND_RANK and len(shape) != _KIND_RANK[kind][0]:
         raise DrtError(f"model {name!r} needs {_KIND_RANK[kind][1]}; data set gives {shape_str(shape)}")
     checked = {k: check_option(name, k, v) for k, v in options.items()}
-    return init_weights_(builder(shape, num_classes, **checked))
+    model = init_weights_(builder(shape, num_classes, **checked))
+    object.__setattr__(model, "drt_name", name)  # what messages call it (the registry name, not the Python class)
+    return model
+
+
+def name_of(model: nn.Module) -> str:
+    """The model's name for messages: its registry name if ``create`` built it, else its class."""
+    return str(getattr(model, "drt_name", type(model).__name__))

@@ -25,6 +25,7 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
 
 from drt.errors import DrtError
+from drt.models import name_of
 from drt.pcn.layers import PCNLayer, PCNLinear, ineligible_reason
 
 _PASS_MODULES = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.Hardswish,
@@ -70,7 +71,7 @@ def _trace(model: nn.Module, sample_shape: tuple[int, ...]) -> fx.GraphModule:
         tracer = _Tracer()
         gm = fx.GraphModule(model, tracer.trace(model))
     except Exception as err:  # fx raises many types for untraceable code
-        raise DrtError(f"output transform: torch.fx cannot trace {type(model).__name__} "
+        raise DrtError(f"output transform: torch.fx cannot trace {name_of(model)} "
                        f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); use output=False"
                        ) from None
     ref = next(iter(model.parameters()))
@@ -82,7 +83,7 @@ def _trace(model: nn.Module, sample_shape: tuple[int, ...]) -> fx.GraphModule:
     except Exception as err:  # e.g. a model whose input is not a float tensor (token ids)
         text = str(err).strip().splitlines()
         raise DrtError(f"output transform: cannot propagate a float input of shape {tuple(sample_shape)} through "
-                       f"{type(model).__name__} ({text[-1][:160] if text else type(err).__name__}); use output=False"
+                       f"{name_of(model)} ({text[-1][:160] if text else type(err).__name__}); use output=False"
                        ) from None
     finally:
         for m, mode in modes.items():

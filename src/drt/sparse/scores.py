@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from drt.errors import DrtError
+from drt.models import name_of
 from drt.sparse.distributions import check_sparsity, global_topk, kept_total, mask_info
 from drt.sparse.masks import MaskSet, prunable
 
@@ -52,7 +53,7 @@ def _named(model: nn.Module, names: Sequence[str] | None) -> dict[str, Tensor]:
     if missing:
         raise DrtError(f"parameters to score not in model: {', '.join(missing)}")
     if not names:
-        raise DrtError(f"{type(model).__name__} has no prunable weights (conv or linear) to score")
+        raise DrtError(f"{name_of(model)} has no prunable weights (conv or linear) to score")
     return {n: params[n].requires_grad_(True) for n in names}  # always called on a copy
 
 

@@ -89,6 +89,7 @@ def train(
     checkpoint: str | Path | None = None,
     resume: bool = False,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    on_ready: Callable[[], None] | None = None,
     progress: bool = False,
 ) -> TrainResult:
     """Train ``model`` on ``data`` for ``cfg.epochs`` epochs, calling the plug-ins' hooks.
@@ -100,6 +101,8 @@ def train(
     Under torch.distributed (call it on every rank): each rank trains on its chunk of every global
     batch of ``world_size × cfg.batch_size`` through DDP; rank 0's weights and checkpoint are
     shared with every rank at the start; only rank 0 writes files; metrics are global.
+    ``on_ready`` is called once the methods are set up (their settings checked against the model),
+    before the first step: the runner registers a run only then.
     """
     ranks = dist.current()
     shard: dict[str, Any] = {"rank": ranks.rank, "world_size": ranks.world_size, "drop_last": ranks.world_size > 1}
@@ -123,6 +126,8 @@ def train(
                  setup=not resuming, wrap=wrapper(device))
     state = drv.state
     setup_time = time.perf_counter() - t_setup  # pruning-at-init scoring, FreezeNet, ... (0 work on resume)
+    if on_ready is not None:
+        on_ready()
     total_epochs = method.total_epochs(cfg.epochs)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp and device.type == "cuda")
     state.grad_scaling = scaler.is_enabled()
