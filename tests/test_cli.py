@@ -251,3 +251,11 @@ def test_a_setting_refused_at_set_up_leaves_no_row_and_no_folder(capsys, results
     from drt.experiments.store import Store
 
     assert Store(results / "drt.sqlite").runs() == [] and not (results / "runs").exists()
+
+
+def test_library_warnings_are_one_clean_line(capsys, results):
+    code, _, err = run_cli(capsys, "train", "--dataset", "digits", "--model", "mlp", "--epochs", "1", "--method",
+                           "rigl", "--no-progress", "--results-dir", str(results))
+    assert code == 0
+    (line,) = [x for x in err.splitlines() if "delta_t" in x]
+    assert line.startswith("drt: warning: RigL: delta_t=100") and ".py:" not in err and "warnings.warn" not in err

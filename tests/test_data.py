@@ -492,3 +492,22 @@ def test_loader_validation():
         TensorLoader(x, y, 2, shuffle=True, augment="mixup")
     with pytest.raises(DrtError, match="rank"):
         TensorLoader(x, y, 2, shuffle=True, rank=2, world_size=2)
+
+
+def test_a_subset_below_the_class_count_is_refused_and_an_uneven_one_is_said():
+    from drt.data.base import RawSplits
+    from drt.data.dataset import _carve
+
+    y = np.repeat(np.arange(10), 50)  # balanced: 50 images per class
+    raw = RawSplits(np.zeros((500, 1, 4, 4), np.uint8), y, np.zeros((10, 1, 4, 4), np.uint8), np.arange(10),
+                    [str(c) for c in range(10)])
+    with pytest.raises(DrtError, match="subset=7 is smaller than the 10 classes of 'toy'"):
+        _carve(raw, 7, 0, 0, "toy")
+    with pytest.warns(UserWarning, match="subset=105 does not divide by the 10 classes of 'toy': built 10 to 11"):
+        idx, _ = _carve(raw, 105, 0, 0, "toy")
+    assert len(idx) == 105
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert np.bincount(y[_carve(raw, 100, 0, 0, "toy")[0]]).tolist() == [10] * 10  # even: silent

@@ -1,13 +1,16 @@
 """The ``drt`` command: one module per sub-command, each with ``add_parser(sub)`` and ``command(args)``.
 
 ``main`` turns a user's mistake (a ``DrtError``, an unusable output path) into one ``drt: error:`` line
-and exit status 2.
+and exit status 2, and every warning raised while a command runs into one ``drt: warning:`` line (no
+source file, no code line).
 """
 
 from __future__ import annotations
 
 import os
 import sys
+import warnings
+from typing import Any, TextIO
 
 from drt.cli import analyze, demo, listing, report, sweep, train
 from drt.cli.common import Parser
@@ -26,9 +29,23 @@ def make_parser() -> Parser:
     return parser
 
 
+def show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                 file: TextIO | None = None, line: str | None = None) -> None:
+    """``warnings.showwarning`` for the command line: the message's first line, said once."""
+    text = str(message).strip().splitlines()[0] if str(message).strip() else category.__name__
+    print(f"drt: warning: {text}", file=file or sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")  # each distinct warning once per place, as Python does by default
+        warnings.showwarning = show_warning
+        return _run(argv)
+
+
+def _run(argv: list[str] | None) -> int:
     try:
-        args = make_parser().parse_args(argv)
+        args: Any = make_parser().parse_args(argv)
         args.argv = list(sys.argv[1:] if argv is None else argv)
         return COMMANDS[args.command].command(args)
     except DrtError as e:

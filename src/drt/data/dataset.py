@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,7 +60,15 @@ def _carve(raw: RawSplits, subset: int | None, val_size: float | int, seed: int,
         if isinstance(subset, bool) or not isinstance(subset, int | np.integer) or not 0 < subset <= len(y):
             raise DrtError(f"subset={subset!r} for data set {name!r} must be an integer in 1..{len(y)} "
                            f"(its training set size)")
+        classes, sizes = np.unique(y, return_counts=True)
+        if subset < len(classes):
+            raise DrtError(f"subset={subset} is smaller than the {len(classes)} classes of {name!r}: some class "
+                           "would have no training image")
         idx, _ = stratified_split(y, int(subset), [seed, SUBSET_STREAM])
+        if sizes.min() == sizes.max() and subset % len(classes):  # a balanced set, an uneven subset
+            per = np.unique(y[idx], return_counts=True)[1]
+            warnings.warn(f"subset={subset} does not divide by the {len(classes)} classes of {name!r}: built "
+                          f"{per.min()} to {per.max()} training images per class", stacklevel=3)
     n_val = count_from(val_size, len(idx), "val_size")
     if n_val == 0:
         return np.sort(idx), None
