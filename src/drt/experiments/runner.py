@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from drt.methods import METHODS, REGULARISERS
 from drt.models import create
 from drt.train import train
 from drt.train.distributed import local_device
+from drt.train.learning import not_learning
 
 
 class RunBusy(DrtError):
@@ -103,10 +105,21 @@ def run(cfg: RunConfig, results_dir: str | Path = "results", *, device: str = "a
         started = True
 
     store = Store(results_dir / STORE_NAME) if ranks.is_main else None
+    warned = False
+
+    def on_epoch(entry: dict[str, Any]) -> None:
+        nonlocal warned
+        if store is not None:
+            store.add_epoch(run_id, entry)
+        why = None if warned or not ranks.is_main else not_learning(entry, data.num_classes)
+        if why:
+            warnings.warn(why, stacklevel=2)
+            warned = True
+
     augment = data.augment if cfg.data.augment == "auto" else cfg.data.augment
     try:
         result = train(model, data, cfg.train, method, regs, device=dev, augment=augment, checkpoint=ckpt,
-                       resume=resume, on_epoch=(lambda m: store.add_epoch(run_id, m)) if store is not None else None,
+                       resume=resume, on_epoch=on_epoch,
                        on_ready=ready, progress=progress)
     except BaseException as e:
         if store is not None and not started:  # refused at set-up (a bad setting): no row, no folder
