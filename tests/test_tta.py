@@ -55,7 +55,8 @@ def test_the_loop_records_the_training_clock_and_evaluation_time_apart(digits):
 
 
 def test_a_small_dense_model_is_timed_to_the_full_models_accuracy():
-    made = [_run("full", "dense", [0.6, 0.7, 0.80], [10, 20, 30]), _run("small", "dense", [0.6, 0.79, 0.81], [5, 9, 13])]
+    made = [_run("full", "dense", [0.6, 0.7, 0.80], [10, 20, 30]),
+            _run("small", "dense", [0.6, 0.79, 0.81], [5, 9, 13])]
     made[0][0]["metrics"]["params_trainable"], made[1][0]["metrics"]["params_trainable"] = 1000, 300
     made[1][0]["config"]["model"]["width"] = 8
     histories = {run["id"]: h for run, h in made}
