@@ -12,7 +12,7 @@ import drt.pcn as pcn
 from drt.errors import DrtError
 from drt.models import create
 from drt.pcn.layers import PCNConv1d, PCNConv2d, PCNLinear
-from drt.pcn.plan import train_flops
+from drt.pcn.plan import blocked, train_flops
 
 F64 = torch.float64
 
@@ -70,9 +70,19 @@ def test_keep_all_leaves_every_layer_untouched_under_auto():
         assert torch.equal(a, b)
 
 
+def test_a_factored_convolution_is_counted_at_the_channels_its_kernel_pays_for():
+    assert [blocked(k, 16) for k in (1, 8, 9, 11, 16)] == [8, 8, 16, 16, 16] and blocked(13, 12) == 12
+    torch.manual_seed(0)
+    net = create("vgg11", (3, 16, 16), 10, width=16).double().eval()
+    stats = pcn.collect(net, [_x(64, 3, 16, 16)])
+    small = pcn.compress(net, stats, keep={"conv2": 11, "conv3": 5}, batch_size=8)
+    # conv2 (d=16): k=11 is paid as 16 channels, so factored saves nothing; conv3 (d=32): k=5 as 8, it does
+    assert {n: pcn.plan_of(small)[n] for n in ("conv2", "conv3")} == {"conv2": "merged", "conv3": "factored"}
+
+
 def test_auto_plan_never_picks_the_form_with_more_counted_flops():
     torch.manual_seed(0)
-    model = create("vgg11", (3, 16, 16), 10, width=8).double().eval()
+    model = create("vgg11", (3, 16, 16), 10, width=32).double().eval()
     mlp = create("mlp", (64,), 10, hidden=[64, 64]).double().eval()
     for net, shape, keep, batch, expect in (
         (model, (3, 16, 16), {"conv2": 2, "conv5": 31, "fc": 3}, 8, {"conv2": "factored", "fc": "factored"}),

@@ -5,6 +5,13 @@ W' V^T formed each step); both compute the same function with the same trainable
 counts forward + backward FLOPs of every alternative on meta tensors of the layer's real input shape
 and training batch, per group of layers sharing a basis (whose factored members share one projection),
 and keeps the cheapest; a tie goes to merged (one kernel instead of two).
+
+Counted FLOPs alone favour factored convolutions too often: CPU convolution kernels (oneDNN's blocked
+layouts) work on channels in blocks of 8 floats (AVX2; 16 on AVX-512), so a convolution on k = 11
+channels costs what one on 16 does. The count therefore rounds a factored convolution's k up to
+``CHANNEL_BLOCK`` (at most d). Measured (``benchmarks/pcn_speed.py``): with the rounding ResNet-20's
+16-channel layers keeping 10-12 components run merged (factored they were 1.2-1.6x slower per layer
+at 0.67-0.8 of the FLOPs), while VGG-11's wide layers stay factored.
 """
 
 from __future__ import annotations
@@ -20,6 +27,12 @@ from drt.errors import DrtError
 from drt.pcn.layers import EXEC_MODES, PCNLayer, PCNLinear, link_projections_, pcn_class
 
 PLANS = ("auto", *EXEC_MODES)
+CHANNEL_BLOCK = 8  # channels a CPU convolution kernel handles at once (AVX2 float32)
+
+
+def blocked(k: int, d: int, block: int = CHANNEL_BLOCK) -> int:
+    """``k`` channels as a convolution kernel pays for them: rounded up to ``block``, at most ``d``."""
+    return min(d, -(-k // block) * block)
 
 
 def layer_inputs(model: nn.Module, sample_shape: Sequence[int], names: Sequence[str]) -> dict[str, tuple[int, ...]]:
@@ -52,10 +65,13 @@ def layer_inputs(model: nn.Module, sample_shape: Sequence[int], names: Sequence[
 
 def train_flops(layers: Sequence[PCNLayer], modes: Sequence[str], in_shape: tuple[int, ...], batch: int) -> int:
     """Counted FLOPs of one training step (forward + backward) of ``layers`` reading one input of
-    ``(batch, *in_shape)`` in ``modes``; the factored ones share one projection."""
+    ``(batch, *in_shape)`` in ``modes``; the factored ones share one projection, and a factored
+    convolution's k is counted as the kernel pays for it (``blocked``)."""
     copies = []
     for layer, mode in zip(layers, modes, strict=True):
         spec = {**layer.spec(), "exec": mode}
+        if mode == "factored" and not isinstance(layer, PCNLinear):
+            spec["k"] = blocked(spec["k"], spec["d"])
         copies.append(pcn_class(spec["type"]).from_spec(spec, device="meta", dtype=torch.float32))
     link_projections_(nn.ModuleList(copies))
     x = torch.empty(batch, *in_shape, device="meta", requires_grad=True)
