@@ -21,7 +21,7 @@ import json
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -47,6 +47,7 @@ from drt.sparse.distributions import dense_names
 
 @dataclass(frozen=True)
 class DSTOptions(SparseOptions):
+    title: ClassVar[str] = "dynamic sparse training"
     delta_t: int | None = opt(None, "optimizer steps between drop/grow updates ΔT (default: RigL 100, "
                                     "SET one epoch, GraNet 1000; clamped with a warning if none would fit)")
     alpha: float | None = opt(None, "drop fraction in (0, 1] (RigL α = 0.3, cosine-decayed to t_end; "
@@ -289,6 +290,7 @@ class WholeRunCosine(DynamicSparse):
 
 @dataclass(frozen=True)
 class ITOPOptions(DSTOptions):
+    title: ClassVar[str] = "ITOP"
     itop_grow: str = opt("gradient", "ITOP growth: gradient (RigL-ITOP, dense |gradient|) or random (SET-ITOP)",
                          ("gradient", "random"))
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 from drt.errors import DrtError
 from drt.options import opt
@@ -11,6 +12,7 @@ from drt.options import opt
 
 @dataclass(frozen=True)
 class TrainConfig:
+    title: ClassVar[str] = "training"
     epochs: int = opt(10, "training epochs (a PCN transform or pruning keeps the same total)")
     batch_size: int = opt(128, "mini-batch size (per process under DDP)")
     optimizer: str = opt("sgd", "optimizer", ("sgd", "adam", "adamw"))
