@@ -32,7 +32,8 @@ def logit_signal(method: str, sparsity: float | None, seed: int, data) -> dict[s
     torch.manual_seed(seed)
     model = create("lenet5", tuple(data.input_shape), data.num_classes)
     cls = METHODS.get(method)
-    opts = cls.Options(sparsity=sparsity) if sparsity is not None else cls.Options()
+    key = "freeze_fraction" if method == "freezenet" else "sparsity"  # freezenet's s: the fraction frozen
+    opts = cls.Options(**{key: sparsity}) if sparsity is not None else cls.Options()
     x, y = data.x_train[:512], data.y_train[:512]
     drv = Driver(cls(opts), model, partial(make_optimizer, TrainConfig()), batches=lambda: iter([(x[:128], y[:128])]),
                  epochs=15, steps_per_epoch=469, input_shape=tuple(data.input_shape), num_classes=data.num_classes,

@@ -20,6 +20,7 @@ SPARSE_METHODS: list[dict[str, Any]] = [
     {"method": "set"}, {"method": "rigl"}, {"method": "granet"},
     {"method": "imp", "imp_rounds": 4}, {"method": "freezenet"}, {"method": "snfs"}, {"method": "itop"},
 ]
+BUDGET = {"freezenet": "freeze_fraction"}  # the setting compared with sparsity (freezenet: the fraction frozen)
 VGG_SUBSET = {**CIFAR, "model": "vgg11", "subset": 10000, "epochs": 8, "lr": 0.05, "nesterov": True,
               "warmup_epochs": 1, "augment": "crop-flip"}
 # 99% explained variance per layer, capped by a global budget of 30% of the trainable parameters (>= 3.3x fewer)
@@ -33,7 +34,7 @@ def _grid(base: dict[str, Any], variants: list[dict[str, Any]], seeds: tuple[int
 def _sparse(base: dict[str, Any], seeds: tuple[int, ...]) -> list[dict[str, Any]]:
     runs = _grid(base, [{"method": "dense"}], seeds)
     for sparsity in (0.9, 0.98):
-        runs += _grid(base, [{**m, "sparsity": sparsity} for m in SPARSE_METHODS], seeds)
+        runs += _grid(base, [{**m, BUDGET.get(m["method"], "sparsity"): sparsity} for m in SPARSE_METHODS], seeds)
     return runs
 
 

@@ -11,6 +11,7 @@ from drt.errors import DrtError
 from drt.sparse import (
     ExplorationTracker,
     MaskSet,
+    by_sign,
     cosine_drop_fraction,
     drop_grow_,
     grad_magnitude,
@@ -50,7 +51,7 @@ def test_rigl_update_exact():
 def test_set_drop_closest_to_zero_and_random_grow():
     w = nn.Parameter(torch.tensor([0.5, -0.1, 0.3, -0.9, 0.05, -0.2, 0.7, -0.4, 0.0, 0.0]))
     masks = MaskSet({"w": torch.tensor([True] * 8 + [False] * 2)})
-    info = drop_grow_({"w": w}, masks, 0.5, None, torch.Generator().manual_seed(0), drop="set")
+    info = drop_grow_({"w": w}, masks, 0.5, None, torch.Generator().manual_seed(0), drop_groups=by_sign)
     # 2 of 4 positives (0.05, 0.3) and 2 of 4 negatives (-0.1, -0.2) dropped; 4 grown among 6 candidates
     assert info.dropped == {"w": 4} and masks.kept("w") == 8
     kept_for_sure = torch.tensor([0, 3, 6, 7])
@@ -59,8 +60,25 @@ def test_set_drop_closest_to_zero_and_random_grow():
         assert w[i].item() == (pytest.approx(v) if masks["w"][i] else 0.0)
     again = MaskSet({"w": torch.tensor([True] * 8 + [False] * 2)})
     w2 = nn.Parameter(torch.tensor([0.5, -0.1, 0.3, -0.9, 0.05, -0.2, 0.7, -0.4, 0.0, 0.0]))
-    drop_grow_({"w": w2}, again, 0.5, None, torch.Generator().manual_seed(0), drop="set")
+    drop_grow_({"w": w2}, again, 0.5, None, torch.Generator().manual_seed(0), drop_groups=by_sign)
     assert again == masks  # same generator seed -> same update (ranks agree)
+
+
+def test_drop_is_one_score_function():
+    w, masks, _ = hand_made()  # active: 0.5 (0), -0.1 (1), 0.3 (3), -0.9 (4), 0.05 (6)
+    grow = {"w": torch.tensor([0.0, 0.0, 0.0, 0.0, 0.0, 2.0, 0.0, 1.0])}
+    info = drop_grow_({"w": w}, masks, 0.4, grow, torch.Generator().manual_seed(0),
+                      drop_score=lambda ws: {n: p.detach() for n, p in ws.items()})  # signed θ: the most negative go
+    assert info.dropped == {"w": 2} and masks["w"].tolist() == [True, False, False, True, False, True, True, True]
+    assert w.detach().tolist()[:5] == [0.5, 0.0, 0.0, pytest.approx(0.3), 0.0]  # -0.1 and -0.9 dropped
+    w, masks, _ = hand_made()
+    grow = {"w": torch.tensor([0.0, 0.0, 3.0, 0.0, 0.0, 2.0, 0.0, 1.0])}
+    info = drop_grow_({"w": w}, masks, 0.5, grow, torch.Generator().manual_seed(0), drop_groups=by_sign,
+                      rounding="ceil")  # per sign: ceil(1.5) = 2 of the positives, ceil(1.0) = 1 of the negatives
+    assert info.dropped == {"w": 3}  # 0.05, 0.3 and -0.1, the closest to 0 of each sign
+    assert masks["w"].tolist() == [True, False, True, False, True, True, False, True]
+    assert [t.tolist() for t in by_sign(torch.tensor([-1.0, 0.0, -0.0, 2.0]))] == [[False, True, True, True],
+                                                                                  [True, False, False, False]]
 
 
 def test_tie_break_is_random_but_seeded():
@@ -161,8 +179,8 @@ def test_bad_inputs():
     w, masks, _ = hand_made()
     with pytest.raises(DrtError, match="drop fraction"):
         drop_grow_({"w": w}, masks, 1.5, None, torch.Generator())
-    with pytest.raises(DrtError, match="magnitude, set"):
-        drop_grow_({"w": w}, masks, 0.1, None, torch.Generator(), drop="random")
+    with pytest.raises(DrtError, match="magnitude_scores, by_sign"):
+        drop_grow_({"w": w}, masks, 0.1, None, torch.Generator(), drop_score="random")
     with pytest.raises(DrtError, match="missing"):
         grad_magnitude({"w": w})
     with pytest.raises(DrtError, match="grow scores missing or of the wrong size for w"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,9 @@ def load_file(path: str | Path, what: str = "checkpoint") -> Any:
     if not path.is_file():
         raise DrtError(f"no {what} at {path}" + (" (a directory)" if path.is_dir() else ""))
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # a damaged file is reported below, once, not as torch's pickle notes
+            warnings.filterwarnings("ignore", message=".*pickle protocol", category=UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for damaged files
         raise DrtError(f"{what} {path} is corrupted or truncated ({first_line(e, 120)}); "
                        "delete it to start afresh") from None

@@ -3,6 +3,11 @@
 Every setting lives in a frozen dataclass field whose ``metadata`` carries its help text
 (and optional ``choices``). The same fields generate command-line flags (``batch_size`` ->
 ``--batch-size``) and are the keys of a YAML config file.
+
+One name, one meaning: flags and YAML keys form one flat namespace, so a setting several methods
+share is declared once (in a shared ``Options`` class, with a human ``title`` for ``--help``) and
+inherited; a method that needs another default re-declares it with ``own_default`` (same type and
+help). ``conflicts`` finds every other re-declaration.
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ import argparse
 import dataclasses
 import types
 import typing
-from typing import Any
+from typing import Any, ClassVar
 
 from drt.errors import DrtError
 
@@ -19,6 +24,64 @@ from drt.errors import DrtError
 def opt(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
     """A dataclass field with help text (and optional choices) for flags and docs."""
     return dataclasses.field(default=default, metadata={"help": help, "choices": choices})
+
+
+def own_default(base: type, name: str, default: Any) -> Any:
+    """The setting ``name`` as ``base`` declares it (type, help, choices), with this class's own default."""
+    return dataclasses.field(default=default, metadata={**field_of(base, name).metadata, "own_default": True})
+
+
+def field_of(cls: type, name: str) -> dataclasses.Field[Any]:
+    """The dataclass field ``name`` of ``cls`` (KeyError if it has none)."""
+    return {f.name: f for f in dataclasses.fields(cls)}[name]
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """Root of shared option classes: ``title`` names their group in ``--help``; ``__post_init__``
+    chains, so each class checks its own fields and calls ``super().__post_init__()``."""
+
+    title: ClassVar[str] = ""
+
+    def __post_init__(self) -> None:
+        pass
+
+
+def declared_in(cls: type, name: str) -> type:
+    """The class that declares the setting ``name`` of ``cls`` (the first in its bases' order)."""
+    for base in reversed(cls.__mro__):
+        if name in base.__dict__.get("__dataclass_fields__", {}) and name in base.__dict__.get("__annotations__", {}):
+            return base
+    raise KeyError(f"{cls.__name__} has no setting {name!r}")
+
+
+def title(cls: type) -> str:
+    """The human name of the settings ``cls`` declares (its own ``title``, never inherited)."""
+    return str(cls.__dict__.get("title") or "")
+
+
+def conflicts(classes: list[type]) -> list[str]:
+    """Why the settings of ``classes`` do not give each name one meaning (empty: they do).
+
+    A name may be declared by one class only; a subclass may re-declare it only through
+    ``own_default`` (the same type, help and choices; another default).
+    """
+    out: list[str] = []
+    roots: dict[str, type] = {}
+    for cls in dict.fromkeys(classes):
+        types_ = field_types(cls)
+        for f in dataclasses.fields(cls):
+            root = declared_in(cls, f.name)
+            if roots.setdefault(f.name, root) is not root:
+                out.append(f"{f.name} is declared by {roots[f.name].__name__} and by {root.__name__}")
+            rf = field_of(root, f.name)
+            same = types_[f.name] == field_types(root)[f.name] and all(
+                f.metadata.get(k) == rf.metadata.get(k) for k in ("help", "choices"))
+            if f is not rf and not (same and f.metadata.get("own_default")):
+                out.append(f"{cls.__name__} re-declares {f.name} of {root.__name__}: inherit it, or use own_default")
+            if not title(root):
+                out.append(f"{root.__name__} declares {f.name} but has no title for --help")
+    return list(dict.fromkeys(out))
 
 
 def _base_type(tp: Any) -> tuple[Any, bool]:
@@ -103,23 +166,34 @@ def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+def default_text(default: Any) -> str | None:
+    """How ``--help`` shows a default (None: nothing to show)."""
+    if default is dataclasses.MISSING or default in (None, ()):
+        return None
+    return ",".join(map(str, default)) if isinstance(default, tuple) else str(default)
+
+
+def add_flag(parser: argparse.ArgumentParser | Any, cls: type, name: str, default: str | None = None) -> None:
+    """The flag of setting ``name`` of ``cls`` (argparse default None: "not given"); ``default`` is
+    the text shown as its default (by default that of ``cls``)."""
+    f = field_of(cls, name)
+    inner, _ = _base_type(field_types(cls)[name])
+    shown = default if default is not None else default_text(f.default)
+    help_ = f.metadata.get("help", "")
+    help_ = f"{help_} (default: {shown})" if shown else help_
+    if inner is bool:
+        parser.add_argument(flag(name), dest=name, default=None, help=help_, action=argparse.BooleanOptionalAction)
+    else:
+        parser.add_argument(flag(name), dest=name, default=None, help=help_, choices=f.metadata.get("choices"),
+                            metavar=name.upper())
+
+
 def add_flags(parser: argparse.ArgumentParser | Any, cls: type, seen: set[str]) -> None:
     """Add one flag per dataclass field (skipping names already added); defaults are None."""
-    types_ = field_types(cls)
     for f in dataclasses.fields(cls):
-        if f.name in seen:
-            continue
-        seen.add(f.name)
-        inner, _ = _base_type(types_[f.name])
-        help_ = f.metadata.get("help", "")
-        default = f.default if f.default is not dataclasses.MISSING else None
-        help_ = f"{help_} (default: {default})" if default not in (None, ()) else help_
-        if inner is bool:
-            parser.add_argument(flag(f.name), dest=f.name, default=None, help=help_,
-                                action=argparse.BooleanOptionalAction)
-        else:
-            parser.add_argument(flag(f.name), dest=f.name, default=None, help=help_,
-                                choices=f.metadata.get("choices"), metavar=f.name.upper())
+        if f.name not in seen:
+            seen.add(f.name)
+            add_flag(parser, cls, f.name)
 
 
 def to_dict(obj: Any) -> dict[str, Any]:

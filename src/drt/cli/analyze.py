@@ -17,7 +17,7 @@ from drt.experiments.analyze_cka import DATA_KEYS, analyze_cka, check_same_data
 from drt.experiments.config import DataConfig, ModelConfig, make_config, read_yaml
 from drt.experiments.env import resolve_device
 from drt.experiments.loading import config_from_dict, load_checkpoint_model, load_run_model, resolve_run
-from drt.options import add_flags, build
+from drt.options import add_flags, build, title
 from drt.pcn import parse_keep
 from drt.train.config import TrainConfig
 
@@ -49,7 +49,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     common_flags(s)
     seen: set[str] = set()
     for cls in (DataConfig, ModelConfig, TrainConfig):
-        add_flags(s.add_argument_group(cls.__name__), cls, seen)
+        add_flags(s.add_argument_group(title(cls)), cls, seen)
 
     c = sub.add_parser("cka", help="layer x layer linear CKA within a model or between two")
     c.add_argument("--run", help="model A: a stored run id (or unique prefix)")
@@ -65,7 +65,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     common_flags(c)
     seen = set()
     for cls in (DataConfig, ModelConfig):
-        add_flags(c.add_argument_group(cls.__name__), cls, seen)
+        add_flags(c.add_argument_group(title(cls)), cls, seen)
     return p
 
 

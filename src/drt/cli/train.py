@@ -6,10 +6,12 @@ import argparse
 import os
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from drt.cli.common import add_run_flags, progress
+from drt.cli.common import Parser, add_run_flags, progress
+from drt.cli.settings import add_settings, owners
 from drt.errors import DrtError
 from drt.experiments import config as config_mod
 from drt.experiments.env import resolve_device
@@ -17,27 +19,47 @@ from drt.experiments.runner import run
 from drt.experiments.store import STORE_NAME, Store
 from drt.experiments.table import format_table, method_lines, summary_row, tta_line
 from drt.experiments.tta import annotate
-from drt.options import add_flags
+from drt.methods import METHODS, REGULARISERS
 from drt.train.distributed import launched, process_group
+
+USAGE = ("%(prog)s [--method NAME] [--reg R,...] [--config YAML] [--<setting> VALUE ...] [--resume] [--force] "
+         "[--nproc N] [--results-dir DIR] [--device D] [--no-progress]")
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
-    p = sub.add_parser("train", help="train one configuration (flags or --config YAML)")
+    p = sub.add_parser("train", help="train one configuration (flags or --config YAML)", add_help=False,
+                       usage=USAGE)
+    build(p)
+    return p
+
+
+def build(p: argparse.ArgumentParser, method: str | None = None, regs: Sequence[str] = ()) -> None:
+    """The flags of ``drt train``; settings of ``method`` and ``regs`` only, if a method is given."""
+    p.add_argument("-h", "--help", action="store_true",
+                   help="show the settings and exit (with --method X, --reg R: only theirs, with X's defaults)")
     p.add_argument("--config", help="YAML file of settings (flags given on the command line win)")
     p.add_argument("--resume", action="store_true", help="continue a killed run from its last checkpoint")
     p.add_argument("--force", action="store_true", help="re-run even if this config already finished")
     p.add_argument("--nproc", type=int, help="data-parallel processes on this machine: re-launches under torchrun "
                                              "(DDP; the global batch is nproc x batch size)")
     add_run_flags(p)
-    p.add_argument("--method", help="training method (see `drt list methods`)")
-    p.add_argument("--reg", help="regularisers to add, comma-separated (e.g. cka-sr)")
+    p.add_argument("--method", help=f"training method: {', '.join(METHODS.names())} (see `drt list methods`)")
+    p.add_argument("--reg", help=f"regularisers to add, comma-separated: {', '.join(REGULARISERS.names())}")
     p.add_argument("--recipe", help="start from a named training recipe (see `drt list recipes`); "
                                     "the config file and flags given win")
-    seen: set[str] = set()
-    for cls in config_mod.option_classes():
-        group = p.add_argument_group(cls.__name__)
-        add_flags(group, cls, seen)
-    return p
+    add_settings(p, owners(method, regs), used_by=method is None)
+
+
+def help_text(args: argparse.Namespace) -> str:
+    """``drt train --help``: every setting, or those of the chosen method (flag or YAML) and regularisers."""
+    given = config_mod.read_yaml(args.config) if args.config else {}
+    method = args.method or given.get("method")
+    reg = args.reg or given.get("reg") or ()
+    regs = [r for r in (reg.replace(",", " ").split() if isinstance(reg, str) else reg) if r]
+    p = Parser(prog="drt train", usage=USAGE, add_help=False,
+               description=f"--method {method}: {METHODS.meta(method).get('help', '')}" if method else None)
+    build(p, method, regs)
+    return p.format_help()
 
 
 def relaunch(nproc: int, argv: list[str]) -> int:
@@ -60,6 +82,9 @@ def relaunch(nproc: int, argv: list[str]) -> int:
 
 
 def command(args: argparse.Namespace) -> int:
+    if args.help:
+        print(help_text(args), end="")
+        return 0
     if args.nproc is not None and args.nproc < 1:
         raise DrtError(f"--nproc must be >= 1, got {args.nproc}")
     if args.nproc is not None and args.nproc > 1:

@@ -7,13 +7,14 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 
 from drt.data import DATASETS
 from drt.errors import DrtError
 from drt.experiments.recipes import recipe
+from drt.experiments.renames import stored_names, upgrade_settings
 from drt.methods import METHODS, REGULARISERS
 from drt.models import MODELS
 from drt.options import build, field_types, opt, to_dict
@@ -22,6 +23,7 @@ from drt.train.config import TrainConfig
 
 @dataclass(frozen=True)
 class DataConfig:
+    title: ClassVar[str] = "data"
     dataset: str = opt("mnist5k", "data set name (see `drt list datasets`)")
     data_dir: str | None = opt(None, "folder of this data set (overrides --data-root / DRT_DATA_DIR)")
     data_root: str | None = opt(None, "folder holding one sub-folder per data set (default: $DRT_DATA_DIR)")
@@ -40,6 +42,7 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
+    title: ClassVar[str] = "model"
     model: str = opt("mlp", "model name (see `drt list models`)")
     width: int | None = opt(None, "base width (resnets: filters of the first stage)")
     hidden: tuple[int, ...] | None = opt(None, "mlp hidden sizes, e.g. 300,100")
@@ -70,9 +73,10 @@ class RunConfig:
         """Content hash of the resolved settings: the run's name in the store and on disk.
 
         Settings that do not change what is trained (``NOT_TRAINING``: where the data set was read
-        from, how often the test set is evaluated) are not part of the identity.
+        from, how often the test set is evaluated) are not part of the identity; renamed settings
+        count under their first stored names (``renames``).
         """
-        d = self.to_dict()
+        d = stored_names(self.to_dict())  # a renamed setting keeps its runs' ids
         d["data"] = {k: v for k, v in d["data"].items() if k not in NOT_TRAINING}
         d["train"] = {k: v for k, v in d["train"].items() if k not in NOT_TRAINING}
         blob = json.dumps(d, sort_keys=True, separators=(",", ":"))
@@ -107,7 +111,7 @@ def valid_keys() -> list[str]:
 
 def make_config(values: dict[str, Any]) -> RunConfig:
     """A validated ``RunConfig`` from flat settings (YAML keys or flags; None = not given)."""
-    values = {k: v for k, v in values.items() if v is not None}
+    values = upgrade_settings({k: v for k, v in values.items() if v is not None})
     if "recipe" in values:  # the recipe's settings under everything given explicitly
         values = {**recipe(str(values.pop("recipe"))), **values}
     unknown = sorted(set(values) - set(valid_keys()))

@@ -21,7 +21,7 @@ DEMO_RUNS: list[dict[str, Any]] = [
     {"method": "rigl", "sparsity": 0.9, "delta_t": 50},
     {"method": "rigl", "sparsity": 0.9, "delta_t": 50, "reg": "cka-sr", "cka_beta": 1e-3},
     {"method": "imp", "sparsity": 0.9, "imp_rounds": 2},
-    {"method": "freezenet", "sparsity": 0.9},
+    {"method": "freezenet", "freeze_fraction": 0.9},
 ]
 SEEDS = (0, 1)
 

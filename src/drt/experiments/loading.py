@@ -12,6 +12,7 @@ from torch import nn
 from drt.data import Dataset, load
 from drt.errors import DrtError
 from drt.experiments.config import DataConfig, ModelConfig, RunConfig, make_config
+from drt.experiments.renames import upgrade
 from drt.experiments.store import STORE_NAME, Store
 from drt.io import load_file
 from drt.methods import METHODS, REGULARISERS
@@ -39,6 +40,7 @@ def resolve_run(results_dir: str | Path, run: str) -> dict[str, Any]:
 
 def config_from_dict(d: dict[str, Any], **data_overrides: str | None) -> RunConfig:
     """The ``RunConfig`` of a stored ``cfg.to_dict()``; non-None ``data_overrides`` (data_dir, data_root) win."""
+    d = upgrade(d)
     flat = {**d["data"], **d["model"], **d["train"], "method": d["method"], "reg": list(d.get("reg") or [])}
     flat.update(d.get("method_options") or {})
     for o in d.get("reg_options") or []:

@@ -26,7 +26,7 @@ from drt.options import to_dict
 
 GROUP_BY = ("dataset", "model", "epochs")
 NOT_IDENTITY = ("seed", "data_dir", "data_root", "eval_every")  # seed + config.NOT_TRAINING
-BUDGET_KEYS = ("sparsity", "pcn_keep", "pcn_epoch", "eb_ratio", "imp_rounds", "cka_beta")
+BUDGET_KEYS = ("sparsity", "freeze_fraction", "pcn_keep", "pcn_epoch", "eb_ratio", "imp_rounds", "cka_beta")
 RUN_ID = re.compile(r"\b[0-9a-f]{16}\b")
 
 

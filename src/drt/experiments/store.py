@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from drt.errors import DrtError
+from drt.experiments.renames import upgrade
 
 STORE_NAME = "drt.sqlite"  # the store's file name inside a results folder
 SCHEMA = """
@@ -148,7 +149,8 @@ class Store:
             c.execute("UPDATE runs SET status='failed', error=?, updated=? WHERE id=?", (error, time.time(), run_id))
 
     def runs(self, status: str | None = None) -> list[dict[str, Any]]:
-        """All runs (optionally of one status), oldest first, JSON columns decoded."""
+        """All runs (optionally of one status), oldest first, JSON columns decoded, configs with
+        today's setting names (``renames.upgrade``)."""
         query = "SELECT * FROM runs"
         args: tuple[str, ...] = ()
         if status:
@@ -160,6 +162,7 @@ class Store:
             d = dict(r)
             for k in ("config", "env", "metrics"):
                 d[k] = json.loads(d[k]) if d[k] else None
+            d["config"] = upgrade(d["config"])  # settings renamed since: today's names
             out.append(d)
         return out
 

@@ -11,6 +11,7 @@ Under DDP each rank computes it on its local batch; DDP averages the gradients.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -25,6 +26,7 @@ from drt.options import opt
 
 @dataclass(frozen=True)
 class CKASROptions:
+    title: ClassVar[str] = "CKA-SR regulariser"
     cka_beta: float = opt(1e-4, "weight β of the CKA-SR term (the paper: 1e-4 CIFAR, 1e-5 ImageNet)")
     cka_samples: int = opt(8, "use the first n samples of each batch (-1: all; at least 4)")
     cka_every: int = opt(5, "add the term once every m batches")

@@ -2,8 +2,9 @@
 
 One class does the work (``DynamicSparse``): a random start mask at the layer densities, then every
 ΔT optimizer steps a per-layer drop/grow update (``drt.sparse.drop_grow_``). The methods differ only
-in pieces: the drop rule, the grow score (random for SET, the dense gradient of the current batch
-for RigL and GraNet), the drop-fraction schedule, and GraNet's extra gradual magnitude pruning.
+in pieces: the drop score (|θ|; SET per sign), the grow score (random for SET, the dense gradient of
+the current batch for RigL and GraNet), the drop-fraction schedule, and GraNet's extra gradual
+magnitude pruning.
 
 Conventions (spec "sparse-and-frozen"): conv and linear weights are masked (biases and BN never);
 the start mask draws the same random scores as ``--method random`` with the same seed (identical
@@ -21,7 +22,7 @@ import json
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -30,13 +31,17 @@ from drt.methods.base import METHODS, TrainState
 from drt.methods.sparse_base import SparseMethod, SparseOptions
 from drt.options import opt
 from drt.sparse import (
+    DropGroups,
+    DropScore,
     ExplorationTracker,
     GrowCounts,
     MaskSet,
+    by_sign,
     check_ranks_agree,
     cosine_drop_fraction,
     drop_grow_,
     grad_magnitude,
+    magnitude_scores,
     masks_from_scores,
     prunable,
     random_scores,
@@ -47,6 +52,7 @@ from drt.sparse.distributions import dense_names
 
 @dataclass(frozen=True)
 class DSTOptions(SparseOptions):
+    title: ClassVar[str] = "dynamic sparse training"
     delta_t: int | None = opt(None, "optimizer steps between drop/grow updates ΔT (default: RigL 100, "
                                     "SET one epoch, GraNet 1000; clamped with a warning if none would fit)")
     alpha: float | None = opt(None, "drop fraction in (0, 1] (RigL α = 0.3, cosine-decayed to t_end; "
@@ -81,7 +87,8 @@ class DynamicSparse(SparseMethod):
     default_delta_t: int | None = 100  # None: one epoch
     default_alpha = 0.3
     default_t_end = 0.75
-    drop_rule = "magnitude"  # drop_grow_'s ``drop``
+    drop_score: DropScore = staticmethod(magnitude_scores)  # the lowest active scores are dropped
+    drop_groups: DropGroups | None = None  # groups of a tensor that drop their fractions separately
     rounding = "floor"
     grow_by_gradient = True  # False: random growth (SET)
 
@@ -200,7 +207,8 @@ class DynamicSparse(SparseMethod):
         fraction = self.drop_fraction(step, plan)
         active = {n: self.mask.kept(n) for n in self.mask}
         info = drop_grow_(weights, self.mask, fraction, grow, self.generator, state.optimizer,
-                          drop=self.drop_rule, rounding=self.rounding, grow_counts=self.grow_counts(),
+                          drop_score=self.drop_score, drop_groups=self.drop_groups, rounding=self.rounding,
+                          grow_counts=self.grow_counts(),
                           fixed=dense_names(list(self.mask), self.options.dense_first, self.options.dense_last))
         check_ranks_agree(self.mask, f"{type(self).__name__} update at step {step}")
         self.tracker.update(self.mask)
@@ -259,7 +267,7 @@ class SET(DynamicSparse):
     """SET. ERK start by default (the paper: ER with ε = 20 on MLPs; ``--distribution er``)."""
 
     default_delta_t = None
-    drop_rule = "set"
+    drop_groups = staticmethod(by_sign)  # the weights closest to 0 among the positive and among the negative
     grow_by_gradient = False
 
     def drop_fraction(self, step: int, plan: Plan) -> float:
@@ -289,6 +297,7 @@ class WholeRunCosine(DynamicSparse):
 
 @dataclass(frozen=True)
 class ITOPOptions(DSTOptions):
+    title: ClassVar[str] = "ITOP"
     itop_grow: str = opt("gradient", "ITOP growth: gradient (RigL-ITOP, dense |gradient|) or random (SET-ITOP)",
                          ("gradient", "random"))
 

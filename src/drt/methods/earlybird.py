@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, ClassVar, cast
 
 import torch
 from torch import Tensor, nn
@@ -80,6 +80,7 @@ def bn_producers(model: nn.Module, input_shape: Sequence[int]) -> dict[str, str 
 
 @dataclass(frozen=True)
 class EarlyBirdOptions:
+    title: ClassVar[str] = "Early-Bird"
     eb_ratio: float = opt(0.5, "fraction of BN channels pruned (EB: 0.3 / 0.5 / 0.7)")
     eb_l1: float = opt(1e-4, "L1 penalty λ on BN γ before the ticket (λ·sign(γ) added to the gradient)")
     eb_threshold: float = opt(0.1, "draw the ticket when all mask distances are <= this")

@@ -6,9 +6,10 @@ frozen entries restored to θ₀ after every step (so they stay bit-identical un
 decoupled weight decay included) and their optimizer state zeroed there. ``frozen_masks()`` gives
 name -> bool (True = trained) for the cost accounting.
 
-- ``freezenet`` (Wimmer et al. 2020): SNIP's saliency |g ⊙ θ| on one batch keeps the top (1 − s) of
-  conv and linear weights trainable; ``--sparsity`` s is the *frozen* fraction (named like the
-  pruning methods' flag so sweeps compare equal trained dimension). Biases and BN train. One global
+- ``freezenet`` (Wimmer et al. 2020): SNIP's saliency |g ⊙ θ| on one batch keeps the top (1 − f) of
+  conv and linear weights trainable; ``--freeze-fraction`` f is the *frozen* fraction (``--sparsity``
+  before issue 16, still read with a warning; f = s trains as many weights as sparsity s). Biases and
+  BN train. One global
   threshold, no collapse guard (a wholly frozen layer still computes). The stored model is the
   trained entries plus the init seed (``FreezeNet.export`` / ``load_freezenet``).
 - ``bn-only``: every parameter except BN γ, β frozen at init (Frankle et al. 2021).
@@ -20,9 +21,10 @@ from __future__ import annotations
 
 import fnmatch
 import math
+import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import InitVar, dataclass
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -32,10 +34,11 @@ from drt import dist
 from drt.analysis.cost import param_counts
 from drt.errors import DrtError
 from drt.methods.base import METHODS, Method, TrainState
+from drt.methods.shared import ScoreBatches
 from drt.methods.sparse_base import score_batches
 from drt.models import create, name_of
-from drt.options import opt
-from drt.sparse import MaskSet, check_ranks_agree, check_sparsity, global_topk, prunable, snip_scores, zero_state_
+from drt.options import Options, opt, own_default
+from drt.sparse import MaskSet, check_ranks_agree, global_topk, prunable, snip_scores, zero_state_
 from drt.sparse.masks import pack
 
 FREEZENET_FORMAT = "drt-freezenet-v1"
@@ -120,15 +123,38 @@ class FreezeMethod(Method):
 
 
 @dataclass(frozen=True)
-class FreezeNetOptions:
-    sparsity: float = opt(0.9, "fraction of conv and linear weights FROZEN at θ₀ (FreezeNet's freezing rate; "
-                               "biases and BN train)")
-    score_batches: int = opt(1, "training batches used for the saliency (FreezeNet: one)")
+class FrozenFraction(Options):
+    title: ClassVar[str] = "freezing"
+    freeze_fraction: float = opt(0.0, "fraction of conv and linear weights frozen at their initial value θ₀ "
+                                      "(never pruned): freezenet freezes the least salient over all layers, "
+                                      "freeze-layers a random fraction of every tensor")
 
     def __post_init__(self) -> None:
-        check_sparsity(self.sparsity)
-        if self.score_batches < 1:
-            raise DrtError(f"score_batches must be >= 1, got {self.score_batches}")
+        super().__post_init__()
+        if not 0.0 <= self.freeze_fraction <= 1.0:
+            raise DrtError(f"freeze_fraction must be in [0, 1], got {self.freeze_fraction}")
+
+
+@dataclass(frozen=True)
+class FreezeNetOptions(ScoreBatches, FrozenFraction):
+    """``freeze_fraction`` (FreezeNet's freezing rate, default 0.9) and ``score_batches`` (FreezeNet: one).
+
+    ``sparsity=`` is the name before issue 16: still accepted here (a FutureWarning), not a setting.
+    """
+
+    freeze_fraction: float = own_default(FrozenFraction, "freeze_fraction", 0.9)
+    sparsity: InitVar[float | None] = None
+
+    def __post_init__(self, sparsity: float | None = None) -> None:
+        name = "freeze_fraction"
+        if sparsity is not None:
+            warnings.warn("FreezeNetOptions(sparsity=...) is freeze_fraction since issue 16 (the fraction frozen)",
+                          FutureWarning, stacklevel=3)
+            object.__setattr__(self, "freeze_fraction", sparsity)
+            name = "freeze_fraction (given as sparsity)"
+        if not 0.0 <= self.freeze_fraction < 1.0:
+            raise DrtError(f"{name} must be in [0, 1) for freezenet, got {self.freeze_fraction!r}")
+        super().__post_init__()
 
 
 @METHODS.register("freezenet", help="FreezeNet: SNIP saliency picks the trained weights, the rest frozen at θ₀, "
@@ -147,7 +173,7 @@ class FreezeNet(FreezeMethod):
         self.spec = {"seed": state.seed, "input_shape": tuple(state.input_shape), "num_classes": state.num_classes}
         batches = score_batches(state, self.options.score_batches)
         scores = snip_scores(state.model, state.loss_fn, batches, names, reduce=dist.mean_)  # global-batch gradient
-        keep, _ = global_topk(scores, self.options.sparsity, guard=False)
+        keep, _ = global_topk(scores, self.options.freeze_fraction, guard=False)
         return [], keep
 
     def summary(self, state: TrainState) -> dict[str, Any]:
@@ -155,7 +181,7 @@ class FreezeNet(FreezeMethod):
         numel = sum(p.numel() for p in weights.values())
         frozen = sum(int((~self.frozen_masks().get(n, torch.ones(1, dtype=torch.bool))).sum()) for n in weights)
         trainable = param_counts(state.model, None, self.frozen_masks())["trainable"]
-        return {**super().summary(state), "sparsity_target": self.options.sparsity,
+        return {**super().summary(state), "sparsity_target": self.options.freeze_fraction,
                 "frozen_of_prunable": frozen / numel, "prunable_params": numel,
                 "params_stored": trainable + 1, "stored_counts": "trained entries + the init seed (export())"}
 
@@ -218,14 +244,10 @@ class BNOnly(FreezeMethod):
 
 
 @dataclass(frozen=True)
-class FreezeLayersOptions:
+class FreezeLayersOptions(FrozenFraction):
+    title: ClassVar[str] = "freezing"
     freeze: tuple[str, ...] | None = opt(None, "modules or parameters frozen whole: names or patterns, "
                                                "e.g. conv1,layer1.*")
-    freeze_fraction: float = opt(0.0, "fraction of every conv/linear weight tensor's entries frozen at random")
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.freeze_fraction <= 1.0:
-            raise DrtError(f"freeze_fraction must be in [0, 1], got {self.freeze_fraction}")
 
 
 def match_frozen(model: nn.Module, patterns: Sequence[str]) -> list[str]:

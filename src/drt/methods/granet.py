@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -17,6 +17,7 @@ from drt.sparse.distributions import dense_names
 
 @dataclass(frozen=True)
 class GraNetOptions(DSTOptions):
+    title: ClassVar[str] = "GraNet"
     granet_initial: float = opt(0.0, "GraNet initial sparsity s_i: 0 = dense-to-sparse (all-ones start), "
                                      "e.g. 0.5 = from a random mask at --distribution (default ERK)")
 

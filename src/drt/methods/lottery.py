@@ -18,7 +18,7 @@ import json
 import math
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from drt.errors import DrtError
 from drt.io import save_atomic
 from drt.methods.base import METHODS, TrainState
+from drt.methods.shared import LayerRules, Sparsity
 from drt.methods.sparse_base import SparseMethod
 from drt.options import opt
 from drt.sparse import MaskSet, check_sparsity, magnitude_scores, masks_from_scores, prunable
@@ -94,18 +95,18 @@ def parse_rewind(value: str) -> str | int:
 
 
 @dataclass(frozen=True)
-class IMPOptions:
-    sparsity: float = opt(0.9, "target sparsity over conv and linear weights (biases and BN never pruned)")
+class IMPOptions(LayerRules, Sparsity):
+    """sparsity, dense_first, dense_last, guard (shared) and IMP's own rounds, rate and rewind point."""
+
+    title: ClassVar[str] = "IMP (lottery tickets)"
     imp_rounds: int | None = opt(None, "pruning rounds (default: fewest at imp_rate that reach the target)")
     imp_rate: float | None = opt(None, "fraction of the remaining weights pruned per round (default 0.2, or "
                                        "1-(1-s)^(1/rounds) if only imp_rounds is given)")
     rewind: str = opt("init", "reset survivors to: init (θ₀), k (θ after k iterations of round 0), "
                               "or lr (keep weights, replay the LR schedule)")
-    dense_first: bool = opt(False, "keep the first prunable layer dense")
-    dense_last: bool = opt(False, "keep the last prunable layer (the classifier) dense")
-    guard: bool = opt(True, "layer-collapse guard: every prunable layer keeps >= 1 weight")
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         imp_schedule(self.sparsity, self.imp_rounds, self.imp_rate)
         _ = self.rewind_to  # parsed once, here, then cached
 

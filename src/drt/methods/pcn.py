@@ -18,7 +18,7 @@ import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from torch import nn
 
@@ -102,6 +102,7 @@ def rank_share(batches: Iterable[Any], total: int) -> Iterator[Any]:
 
 @dataclass(frozen=True)
 class PCNOptions:
+    title: ClassVar[str] = "PCN"
     pcn_epoch: str = opt("1", "transform after this epoch, or 'auto' (when subspaces settle)")
     pcn_keep: str = opt("0.99", "components kept: all | variance fraction | k | name=rule,... (per layer)")
     pcn_width_fraction: float | None = opt(None, "cap k at this fraction of each layer's width (paper rule)")

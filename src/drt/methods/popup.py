@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -31,25 +31,28 @@ from drt.analysis.cost import param_counts
 from drt.errors import DrtError
 from drt.methods.base import METHODS, TrainState
 from drt.methods.reparam import Reparametrised
+from drt.methods.shared import Distribution, Sparsity
 from drt.models import name_of
-from drt.options import opt
-from drt.sparse import DISTRIBUTIONS, MaskSet, check_ranks_agree, check_sparsity, masks_from_scores, prunable
+from drt.options import opt, own_default
+from drt.sparse import MaskSet, check_ranks_agree, masks_from_scores, prunable
 
 WEIGHTS = ("signed-constant", "init")
 
 
 @dataclass(frozen=True)
-class PopupOptions:
-    sparsity: float = opt(0.5, "fraction of conv and linear weights left out of the subnetwork (1 - k)")
-    distribution: str | None = opt(None, "per-layer subnetwork sizes (default uniform, the paper's top-k% "
-                                         "per layer)", DISTRIBUTIONS)
+class PopupOptions(Distribution, Sparsity):
+    """``sparsity`` (here 1 - k: the weights left out of the subnetwork; default 0.5), ``distribution``
+    (default uniform, the paper's top-k% per layer) and edge-popup's own settings."""
+
+    title: ClassVar[str] = "edge-popup"
+    sparsity: float = own_default(Sparsity, "sparsity", 0.5)
     popup_weights: str = opt("signed-constant", "the fixed weights: signed-constant (±gain/√fan_in, the "
                                                 "paper's best) or init (the model's own initialisation)", WEIGHTS)
     popup_scale_fan: bool = opt(False, "signed-constant: fan_in times the layer's kept fraction (the paper's "
                                        "scale_fan; off in its main results)")
 
     def __post_init__(self) -> None:
-        check_sparsity(self.sparsity)
+        super().__post_init__()
         if self.popup_weights not in WEIGHTS:
             raise DrtError(f"popup_weights must be one of {', '.join(WEIGHTS)}; got {self.popup_weights!r}")
 

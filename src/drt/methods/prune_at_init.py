@@ -8,13 +8,14 @@ average their raw gradient over ranks (``reduce=drt.dist.mean_``), so every rank
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
 from drt import dist
 from drt.errors import DrtError
 from drt.methods.base import METHODS, TrainState
+from drt.methods.shared import ScoreBatches
 from drt.methods.sparse_base import SparseMethod, SparseOptions, class_balanced_batch, score_batches
 from drt.options import opt
 from drt.sparse import (
@@ -32,17 +33,13 @@ from drt.sparse import (
 
 
 @dataclass(frozen=True)
-class ScoredOptions(SparseOptions):
-    score_batches: int = opt(1, "training batches used to compute data-driven scores")
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.score_batches < 1:
-            raise DrtError(f"score_batches must be >= 1, got {self.score_batches}")
+class ScoredOptions(ScoreBatches, SparseOptions):
+    """The sparse settings and ``score_batches`` (SNIP; the iterative methods)."""
 
 
 @dataclass(frozen=True)
 class GraspOptions(SparseOptions):
+    title: ClassVar[str] = "GraSP"
     grasp_temperature: float = opt(200.0, "GraSP logit temperature T")
     grasp_per_class: int = opt(10, "GraSP samples per class")
 
@@ -60,6 +57,7 @@ def _check_rounds(rounds: int | None) -> None:
 
 @dataclass(frozen=True)
 class IterativeOptions(ScoredOptions):
+    title: ClassVar[str] = "iterative pruning at initialisation"
     prune_rounds: int | None = opt(None, "iterative pruning rounds (SynFlow 100, Iter-SNIP/FORCE 60)")
 
     def __post_init__(self) -> None:

@@ -22,20 +22,13 @@ import torch
 
 from drt.errors import DrtError
 from drt.methods.base import Method, TrainState
-from drt.options import opt
-from drt.sparse import DISTRIBUTIONS, MaskSet, check_ranks_agree, check_sparsity, prunable
+from drt.methods.shared import Distribution, LayerRules, Sparsity
+from drt.sparse import MaskSet, check_ranks_agree, prunable
 
 
 @dataclass(frozen=True)
-class SparseOptions:
-    sparsity: float = opt(0.9, "target sparsity over conv and linear weights (biases and BN never pruned)")
-    distribution: str | None = opt(None, "per-layer densities (default: the method's own)", DISTRIBUTIONS)
-    dense_first: bool = opt(False, "keep the first prunable layer dense")
-    dense_last: bool = opt(False, "keep the last prunable layer (the classifier) dense")
-    guard: bool = opt(True, "layer-collapse guard: every prunable layer keeps >= 1 weight")
-
-    def __post_init__(self) -> None:
-        check_sparsity(self.sparsity)
+class SparseOptions(LayerRules, Distribution, Sparsity):
+    """sparsity, distribution, dense_first, dense_last, guard (declared in ``drt.methods.shared``)."""
 
 
 class SparseMethod(Method):

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -33,6 +33,7 @@ from drt.options import opt
 
 @dataclass(frozen=True)
 class SubspaceOptions:
+    title: ClassVar[str] = "random subspace"
     subspace_dim: int = opt(1000, "dimension d of the random subspace θ = θ₀ + Pφ; only φ is trained")
     subspace_density: float | None = opt(None, "fraction of non-zero entries per column of P (default 1/√N)")
 

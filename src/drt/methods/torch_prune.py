@@ -16,16 +16,13 @@ from torch.nn.utils import prune
 
 from drt.errors import DrtError
 from drt.methods.base import METHODS, Method, TrainState
-from drt.options import opt
-from drt.sparse import check_sparsity, prunable
+from drt.methods.shared import Sparsity
+from drt.sparse import prunable
 
 
 @dataclass(frozen=True)
-class TorchPruneOptions:
-    sparsity: float = opt(0.9, "target sparsity over conv and linear weights (biases and BN never pruned)")
-
-    def __post_init__(self) -> None:
-        check_sparsity(self.sparsity)
+class TorchPruneOptions(Sparsity):
+    """``sparsity`` alone (no guard, one global L1 threshold)."""
 
 
 @METHODS.register("torch-prune", help="torch.nn.utils.prune: global L1 magnitude mask at init, trained through "

@@ -14,7 +14,7 @@ import copy
 import json
 import warnings
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -175,6 +175,7 @@ def search(model: nn.Module, input_shape: tuple[int, ...], target: int, norm: in
 
 @dataclass(frozen=True)
 class TPChannelOptions:
+    title: ClassVar[str] = "channel pruning (tp-channel)"
     tp_epoch: int = opt(1, "prune channels after this many dense epochs (0: at initialisation)")
     tp_target: float = opt(0.5, "trainable parameters after pruning: a count, or a fraction < 1 of the dense count")
     tp_norm: int = opt(2, "channel importance: L1 (1) or L2 (2) norm of the channel group's weights")

@@ -15,9 +15,12 @@ from drt.sparse.distributions import (
     masks_from_scores,
 )
 from drt.sparse.dst import (
+    DropGroups,
     DropGrowInfo,
+    DropScore,
     ExplorationTracker,
     GrowCounts,
+    by_sign,
     cosine_drop_fraction,
     drop_grow_,
     grad_magnitude,
@@ -39,8 +42,8 @@ from drt.sparse.scores import (
 )
 
 __all__ = [
-    "DISTRIBUTIONS", "KINDS", "DropGrowInfo", "ExplorationTracker", "GrowCounts", "MaskSet", "check_ranks_agree",
-    "check_sparsity",
+    "DISTRIBUTIONS", "KINDS", "DropGroups", "DropGrowInfo", "DropScore", "ExplorationTracker", "GrowCounts", "MaskSet",
+    "by_sign", "check_ranks_agree", "check_sparsity",
     "cosine_drop_fraction", "drop_grow_", "force", "global_topk", "grad_magnitude", "granet_prune_",
     "granet_sparsity", "grasp_scores", "iterative_snip", "kept_total", "layer_counts", "layer_densities",
     "magnitude_scores", "mask_info", "masks_from_scores", "prunable", "random_scores", "redistribute",

@@ -9,7 +9,7 @@ weights and their optimizer state start at zero (3); RigL grows by the *dense* g
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -18,9 +18,13 @@ from torch import Tensor
 from drt.errors import DrtError
 from drt.sparse.distributions import global_topk
 from drt.sparse.masks import MaskSet, zero_state_
+from drt.sparse.scores import magnitude_scores
 
-DROPS = ("magnitude", "set")
 GrowCounts = Callable[[Mapping[str, int], Mapping[str, int]], Mapping[str, int]]
+# the drop score of every masked tensor (name -> same shape); the lowest active scores are dropped
+DropScore = Callable[[Mapping[str, Tensor]], Mapping[str, Tensor]]
+# one tensor's flat weights -> bool masks of groups that each drop their own fraction
+DropGroups = Callable[[Tensor], Sequence[Tensor]]
 
 
 @dataclass
@@ -53,13 +57,23 @@ def _ranked(score: Tensor, candidates: Tensor, k: int, descending: bool, tiebrea
     return out & cand
 
 
-def _drop_set(w: Tensor, active: Tensor, fraction: float) -> tuple[Tensor, int]:
-    """SET drop: floor(f * n) smallest of the non-negative and floor(f * n) largest of the negative
-    active weights (those closest to zero; exact zeros count as non-negative)."""
-    pos, neg = active & (w >= 0), active & (w < 0)
-    k_pos, k_neg = math.floor(fraction * int(pos.sum())), math.floor(fraction * int(neg.sum()))
-    drop = _ranked(w, pos, k_pos, False, None) | _ranked(w, neg, k_neg, True, None)
-    return drop, k_pos + k_neg
+def by_sign(w: Tensor) -> tuple[Tensor, Tensor]:
+    """SET's drop groups: non-negative and negative weights (exact zeros count as non-negative), so that
+    with |θ| scores the fraction closest to zero of each sign is dropped (Mocanu et al. 2018)."""
+    return w >= 0, w < 0
+
+
+def _drop(score: Tensor, active: Tensor, fraction: float, rounding: str,
+          groups: Sequence[Tensor]) -> tuple[Tensor, int]:
+    """Per group, the ``rounding(fraction * n_active)`` lowest-scored active weights (ties: lower index)."""
+    dropped, k_total = torch.zeros_like(active), 0
+    for g in groups:
+        cand = active & g.reshape(-1).cpu()
+        raw = fraction * int(cand.sum())
+        k = math.floor(raw) if rounding == "floor" else math.ceil(raw)
+        dropped |= _ranked(score, cand, k, False, None)
+        k_total += k
+    return dropped, k_total
 
 
 @torch.no_grad()
@@ -71,16 +85,18 @@ def drop_grow_(
     generator: torch.Generator,
     optimizer: torch.optim.Optimizer | None = None,
     *,
-    drop: str = "magnitude",
+    drop_score: DropScore = magnitude_scores,
+    drop_groups: DropGroups | None = None,
     rounding: str = "floor",
     grow_counts: GrowCounts | None = None,
     fixed: Collection[str] = (),
 ) -> DropGrowInfo:
     """Per layer drop k active weights, then grow k among those inactive after the drop; in place.
 
-    ``drop="magnitude"`` (RigL, GraNet, SNFS): k = floor (``rounding="ceil"``: GraNet, SNFS) of
-    ``drop_fraction * n_active`` smallest |theta|, ties to the lower index. ``drop="set"`` (SET):
-    see ``_drop_set``. Grow: largest ``grow_scores`` (|dense grad| for RigL; ``None`` = uniform
+    Drop: the k = floor (``rounding="ceil"``: GraNet, SNFS, ITOP) of ``drop_fraction * n_active``
+    lowest ``drop_score(weights)`` (default |theta|, every DST method here), ties to the lower index;
+    with ``drop_groups`` (SET: ``by_sign``) each group of a tensor drops its own k. A new drop rule is
+    one score function. Grow: largest ``grow_scores`` (|dense grad| for RigL; ``None`` = uniform
     random from ``generator``, SET), ties broken by a random permutation from ``generator``.
     ``grow_counts(dropped, capacity)`` (SNFS's redistribution) sets how many each layer regrows
     instead, given the per-layer dropped counts and inactive weights after the drop; then a fully
@@ -93,8 +109,9 @@ def drop_grow_(
     """
     if not 0.0 <= drop_fraction <= 1.0:
         raise DrtError(f"drop fraction must be in [0, 1], got {drop_fraction}")
-    if drop not in DROPS:
-        raise DrtError(f"unknown drop rule {drop!r}; valid: {', '.join(DROPS)}")
+    if not callable(drop_score) or (drop_groups is not None and not callable(drop_groups)):
+        raise DrtError(f"drop_score and drop_groups are functions (e.g. drt.sparse.magnitude_scores, by_sign); "
+                       f"got {drop_score!r}, {drop_groups!r}")
     if rounding not in ("floor", "ceil"):
         raise DrtError(f"unknown rounding {rounding!r}; valid: floor, ceil")
     missing = [n for n in masks if n not in weights]
@@ -106,20 +123,15 @@ def drop_grow_(
             raise DrtError(f"grow scores missing or of the wrong size for {', '.join(bad)}; "
                            f"need one score per weight of {', '.join(masks)}")
     info = DropGrowInfo()
+    scores = drop_score({n: weights[n] for n in masks})
     after: dict[str, Tensor] = {}  # the active weights after the drop, per layer that takes part
     for name, old in masks.items():
-        flat_w = weights[name].detach().reshape(-1).cpu()
         active = old.reshape(-1).cpu()
-        n_active = int(active.sum())
-        if name in fixed or (n_active == active.numel() and grow_counts is None):  # nothing can change
+        if name in fixed or (int(active.sum()) == active.numel() and grow_counts is None):  # nothing can change
             info.dropped[name] = info.grown[name] = info.new[name] = 0
             continue
-        if drop == "set":
-            dropped, k = _drop_set(flat_w, active, drop_fraction)
-        else:
-            raw = drop_fraction * n_active
-            k = math.floor(raw) if rounding == "floor" else math.ceil(raw)
-            dropped = _ranked(flat_w.abs(), active, k, False, None)
+        groups = drop_groups(weights[name].detach().reshape(-1)) if drop_groups is not None else [active]
+        dropped, k = _drop(scores[name].reshape(-1), active, drop_fraction, rounding, groups)
         after[name], info.dropped[name] = active & ~dropped, k
     counts = {n: info.dropped[n] for n in after}
     if grow_counts is not None:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
 
 from drt.errors import DrtError
 from drt.options import opt
@@ -11,6 +14,7 @@ from drt.options import opt
 
 @dataclass(frozen=True)
 class TrainConfig:
+    title: ClassVar[str] = "training"
     epochs: int = opt(10, "training epochs (a PCN transform or pruning keeps the same total)")
     batch_size: int = opt(128, "mini-batch size (per process under DDP)")
     optimizer: str = opt("sgd", "optimizer", ("sgd", "adam", "adamw"))
@@ -66,3 +70,12 @@ def lr_at(cfg: TrainConfig, t: float, step_len: float, length: int | None = None
     if cfg.warmup_epochs > 0 and t < cfg.warmup_epochs:
         lr *= min(1.0, (t + step_len) / cfg.warmup_epochs)
     return lr
+
+
+def make_optimizer(cfg: TrainConfig, groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
+    """The configured optimizer over parameter groups (a method's groups leave frozen tensors out)."""
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=cfg.lr)
+    return torch.optim.AdamW(groups, lr=cfg.lr)
