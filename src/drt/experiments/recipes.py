@@ -24,13 +24,13 @@ def _recipe(name: str, help: str, measured: str, **settings: Any) -> None:
 
 
 _recipe("vgg11-cifar10", "VGG-11-BN on CIFAR-10: the short SGD recipe with one epoch of linear warm-up",
-        "see BENCHMARKS.md, parity (vgg11-warmup): 10,000-image subset, 8 epochs",
+        "70.19% test (2 seeds; a plain PyTorch loop 70.53%) on a 10,000-image subset, 8 epochs",
         **_CIFAR, model="vgg11", warmup_epochs=1)
 _recipe("resnet20-cifar10", "ResNet-20 on CIFAR-10: the short SGD recipe (no warm-up needed)",
-        "see BENCHMARKS.md, parity (resnet20): 10,000-image subset, 8 epochs",
+        "63.30% test (2 seeds; a plain PyTorch loop 62.76%) on a 10,000-image subset, 8 epochs",
         **_CIFAR, model="resnet20")
 _recipe("lenet5-fashion-mnist", "LeNet-5 on Fashion-MNIST: SGD momentum 0.9, lr 0.05 cosine, no augmentation",
-        "see BENCHMARKS.md, parity (lenet5-fmnist): full training set, 15 epochs",
+        "91.31% test (2 seeds; a plain PyTorch loop 91.02%) on the full training set, 15 epochs",
         dataset="fashion-mnist", model="lenet5", epochs=15, batch_size=128, optimizer="sgd", lr=0.05,
         momentum=0.9, nesterov=False, schedule="cosine", weight_decay=5e-4, augment="none")
 
