@@ -133,7 +133,7 @@ def test_tp_channel_at_init_and_absolute_target(digits):
 
 
 @pytest.mark.parametrize(("name", "kw", "opts", "match"), [
-    ("resnet20", {"width": 4, "shortcut": "pad"}, {}, r"Torch-Pruning cannot prune ResNet .*supported: "),
+    ("resnet20", {"width": 4, "shortcut": "pad"}, {}, r"Torch-Pruning cannot prune resnet20 .*supported: "),
     ("mlp", {}, {"tp_target": 60000}, r"target 60,000 .* below the dense 50,610"),
     ("mlp", {}, {"tp_target": 20}, r"nearest channel-pruned count is .* from the target 20 "),
     ("mlp", {}, {"tp_epoch": 2}, r"tp_epoch 2 must be before the last epoch \(2\)"),
