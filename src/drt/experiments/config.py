@@ -48,6 +48,10 @@ class ModelConfig:
     hidden: tuple[int, ...] | None = opt(None, "mlp hidden sizes, e.g. 300,100")
     shortcut: str | None = opt(None, "cifar resnets: 'conv' (1x1 projection) or 'pad' (zero-padding identity)",
                                ("conv", "pad"))
+    depth: int | None = opt(None, "vit: transformer blocks")
+    heads: int | None = opt(None, "vit: attention heads (width must divide by them)")
+    mlp_ratio: float | None = opt(None, "vit: MLP hidden width / model width")
+    patch: int | None = opt(None, "vit: patch size (pixels)")
 
     def __post_init__(self) -> None:
         MODELS.get(self.model)
@@ -77,6 +81,7 @@ class RunConfig:
         count under their first stored names (``renames``).
         """
         d = stored_names(self.to_dict())  # a renamed setting keeps its runs' ids
+        d["model"] = {k: v for k, v in d["model"].items() if not (k in ADDED_MODEL_KEYS and v is None)}
         d["data"] = {k: v for k, v in d["data"].items() if k not in NOT_TRAINING}
         d["train"] = {k: v for k, v in d["train"].items() if k not in NOT_TRAINING}
         blob = json.dumps(d, sort_keys=True, separators=(",", ":"))
@@ -88,6 +93,7 @@ class RunConfig:
 
 
 NOT_TRAINING = ("data_dir", "data_root", "eval_every")  # settings outside a run's identity
+ADDED_MODEL_KEYS = ("depth", "heads", "mlp_ratio", "patch")  # added later: left out of the identity when unset
 
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
 TOP = {"method": "method (see `drt list methods`)", "reg": "regularisers to add, e.g. cka-sr",

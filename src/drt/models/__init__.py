@@ -13,7 +13,7 @@ from typing import Any
 from torch import nn
 
 from drt.errors import DrtError
-from drt.models import convnets, lenet, mlp, resnet, vgg  # noqa: F401  (register the models)
+from drt.models import convnets, lenet, mlp, resnet, vgg, vit  # noqa: F401  (register the models)
 from drt.models.base import MODELS, check_option, init_weights_, shape_str
 
 __all__ = ["MODELS", "create", "model_options"]

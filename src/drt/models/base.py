@@ -58,8 +58,11 @@ def conv_out(size: int, kernel: int, stride: int = 1, padding: int = 0) -> int:
 def init_weights_(model: nn.Module) -> nn.Module:
     """Kaiming-normal (fan_out, relu) convs with zero bias, BN weight 1 / bias 0; in place.
 
-    Linear layers keep PyTorch's default init (as in torchvision's ResNet). He et al. 2015.
+    Linear layers keep PyTorch's default init (as in torchvision's ResNet). He et al. 2015. A model
+    with ``drt_own_init = True`` (the transformers) keeps the init it gave itself.
     """
+    if getattr(model, "drt_own_init", False):
+        return model
     for m in model.modules():
         if isinstance(m, (nn.Conv1d, nn.Conv2d)):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -77,6 +80,14 @@ def check_option(model: str, name: str, value: Any) -> Any:
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise DrtError(f"model {model!r}: option 'width' must be a positive int; got {value!r}")
         return value
+    if name in ("depth", "heads", "patch"):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise DrtError(f"model {model!r}: option {name!r} must be a positive int; got {value!r}")
+        return value
+    if name == "mlp_ratio":
+        if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+            raise DrtError(f"model {model!r}: option 'mlp_ratio' must be a positive number; got {value!r}")
+        return float(value)
     if name == "hidden":
         ok = isinstance(value, Sequence) and not isinstance(value, str)
         if not ok or any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in value):
