@@ -259,3 +259,27 @@ def test_library_warnings_are_one_clean_line(capsys, results):
     assert code == 0
     (line,) = [x for x in err.splitlines() if "delta_t" in x]
     assert line.startswith("drt: warning: RigL: delta_t=100") and ".py:" not in err and "warnings.warn" not in err
+
+
+def test_epoch_lines_quiet_and_the_resume_message(capsys, results, monkeypatch):
+    argv = ["train", "--dataset", "digits", "--model", "mlp", "--epochs", "3", "--no-progress",
+            "--results-dir", str(results)]
+    from drt.experiments.store import Store
+
+    real = Store.add_epoch
+
+    def killed_after_first_epoch(self, run_id, metrics):
+        real(self, run_id, metrics)
+        raise KeyboardInterrupt  # the checkpoint of epoch 1 is on disk
+
+    monkeypatch.setattr(Store, "add_epoch", killed_after_first_epoch)
+    assert run_cli(capsys, *argv)[0] == 130
+    monkeypatch.setattr(Store, "add_epoch", real)
+    code, out, err = run_cli(capsys, *argv, "--resume")
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0].startswith("resuming run ") and lines[0].endswith("at epoch 1/3")
+    assert lines[1].startswith("epoch 2/3: train loss ") and "test acc" in lines[1] and "ETA" in lines[1]
+    assert lines[2].startswith("epoch 3/3: ")
+    code, out, _ = run_cli(capsys, *argv, "--force", "--quiet")
+    assert code == 0 and "epoch 1/3" not in out and "test acc %" in out

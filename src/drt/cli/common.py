@@ -40,12 +40,18 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
 
 
 def add_no_progress(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (one line per epoch instead)")
+    p.add_argument("--quiet", action="store_true", help="neither progress bars nor per-epoch lines")
 
 
 def progress(args: argparse.Namespace) -> bool:
-    """Progress bars: on a terminal, unless --no-progress."""
-    return not args.no_progress and sys.stderr.isatty()
+    """Progress bars: on a terminal, unless --no-progress or --quiet."""
+    return not args.no_progress and not getattr(args, "quiet", False) and sys.stderr.isatty()
+
+
+def epoch_lines(args: argparse.Namespace) -> bool:
+    """One line per epoch: where there are no progress bars, unless --quiet."""
+    return not getattr(args, "quiet", False) and not progress(args)
 
 
 def settings(args: argparse.Namespace, classes: Sequence[type]) -> dict[str, Any]:

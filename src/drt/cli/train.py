@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from drt.cli.common import Parser, add_run_flags, progress
+from drt.cli.common import Parser, add_run_flags, epoch_lines, progress
 from drt.cli.settings import add_settings, owners
 from drt.errors import DrtError
 from drt.experiments import config as config_mod
@@ -97,7 +97,7 @@ def command(args: argparse.Namespace) -> int:
     cfg = config_mod.make_config(values)
     with process_group(resolve_device(args.device)) as ranks:  # joins the torchrun job, if any
         metrics = run(cfg, args.results_dir, device=args.device, force=args.force, resume=args.resume,
-                      progress=progress(args))
+                      progress=progress(args), epoch_lines=epoch_lines(args))
     if not ranks.is_main:  # rank 0 alone prints
         return 0
     print(format_table([summary_row(cfg.label(), metrics)]))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -42,10 +43,13 @@ def run_identity(cfg: RunConfig, world_size: int) -> str:
 
 
 def run(cfg: RunConfig, results_dir: str | Path = "results", *, device: str = "auto", force: bool = False,
-        resume: bool = False, progress: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
+        resume: bool = False, progress: bool = False, log: Callable[[str], None] = print,
+        epoch_lines: bool = False) -> dict[str, Any]:
     """Train one configuration and record it; a finished config is a no-op unless ``force``.
 
-    Returns the stored final metrics (with ``run_id`` and ``skipped``). Under torchrun call it on
+    ``epoch_lines``: ``log`` one line per epoch (loss, held-out accuracy, elapsed, ETA), for output
+    that is not a terminal (where ``progress`` draws bars). Returns the stored final metrics (with
+    ``run_id`` and ``skipped``). Under torchrun call it on
     every rank (after joining the process group); ``device`` names the kind, each rank takes its own.
     """
     ranks = dist.current()
@@ -99,10 +103,15 @@ def run(cfg: RunConfig, results_dir: str | Path = "results", *, device: str = "a
         raise
     started = False
 
-    def ready() -> None:  # the methods accepted their settings: now the run exists
+    clock: dict[str, float] = {"t0": time.time(), "first": 0, "total": 0}
+
+    def ready(epoch: int, epochs: int) -> None:  # the methods accepted their settings: now the run exists
         nonlocal started
         dist.on_main(start)
         started = True
+        clock.update(t0=time.time(), first=epoch, total=epochs)
+        if epoch and ranks.is_main:
+            log(f"resuming run {run_id} ({cfg.label()}) at epoch {epoch}/{epochs}")
 
     store = Store(results_dir / STORE_NAME) if ranks.is_main else None
     warned = False
@@ -111,6 +120,8 @@ def run(cfg: RunConfig, results_dir: str | Path = "results", *, device: str = "a
         nonlocal warned
         if store is not None:
             store.add_epoch(run_id, entry)
+        if epoch_lines and ranks.is_main:
+            log(epoch_line(entry, int(clock["total"]), time.time() - clock["t0"], int(entry["epoch"] - clock["first"])))
         why = None if warned or not ranks.is_main else not_learning(entry, data.num_classes)
         if why:
             warnings.warn(why, stacklevel=2)
@@ -136,3 +147,14 @@ def run(cfg: RunConfig, results_dir: str | Path = "results", *, device: str = "a
         (run_dir / "metrics.json").write_text(json.dumps({"final": metrics, "history": result.history}, indent=2))
         store.finish(run_id, metrics)
     return {**metrics, "skipped": False}
+
+
+def epoch_line(entry: dict[str, Any], epochs: int, elapsed: float, done_here: int) -> str:
+    """``epoch 3/8: train loss 1.234, test acc 56.78%, 1m 05s elapsed, ETA 1m 48s``."""
+    def mmss(t: float) -> str:
+        return f"{int(t // 60)}m {int(t % 60):02d}s"
+
+    acc = f", test acc {100 * entry['test_acc']:.2f}%" if "test_acc" in entry else ""
+    eta = elapsed / max(done_here, 1) * (epochs - entry["epoch"])
+    return (f"epoch {entry['epoch']}/{epochs}: train loss {entry['train_loss']:.4f}{acc}, {mmss(elapsed)} elapsed, "
+            f"ETA {mmss(eta)}")

@@ -36,7 +36,7 @@ def train(
     checkpoint: str | Path | None = None,
     resume: bool = False,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
-    on_ready: Callable[[], None] | None = None,
+    on_ready: Callable[[int, int], None] | None = None,
     progress: bool = False,
 ) -> TrainResult:
     """Train ``model`` on ``data`` for ``cfg.epochs`` epochs, calling the plug-ins' hooks.
@@ -48,13 +48,14 @@ def train(
     Under torch.distributed (call it on every rank): each rank trains on its chunk of every global
     batch of ``world_size × cfg.batch_size`` through DDP; rank 0's weights and checkpoint are
     shared with every rank at the start; only rank 0 writes files; metrics are global.
-    ``on_ready`` is called once the methods are set up (their settings checked against the model),
-    before the first step: the runner registers a run only then.
+    ``on_ready(epoch, epochs)`` is called once the methods are set up (their settings checked against
+    the model) or the checkpoint loaded, before the first step, with the epochs done and to do: the
+    runner registers a run only then.
     """
     run = Run.start(model, data, cfg, method, regularisers, device=device, augment=augment,
                     checkpoint=Path(checkpoint) if checkpoint else None, resume=resume)
     if on_ready is not None:
-        on_ready()
+        on_ready(run.drv.state.epoch, run.total_epochs)
     while run.drv.state.epoch < run.total_epochs:
         entry = run.train_epoch(progress)
         run.evaluation(entry)
