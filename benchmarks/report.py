@@ -74,7 +74,9 @@ def json_table(name: str) -> list[str]:
     res = json.loads(path.read_text())
     rows = res["rows"]
     cols = list(dict.fromkeys(c for r in rows for c in r))  # rows of different measures share one table
-    cols = [c for c in cols if not any(isinstance(r.get(c), list) and len(r[c]) > 4 for r in rows)]  # histograms
+    cols = [c for c in cols if not any(isinstance(r.get(c), dict) or isinstance(r.get(c), list)
+                                       and (len(r[c]) > 4 or any(isinstance(v, list) for v in r[c]))
+                                       for r in rows)]  # histograms, curves, recipes: in the JSON file
     env = res["env"]
     return [f"Command: `{res['command']}` — {res['date']}, torch {env['torch']}, {env['cpu']} "
             f"({env['cpu_count']} cores, {env['torch_threads']} threads), code {env['code_version']}", "",
