@@ -12,7 +12,7 @@ import drt.pcn as pcn
 from drt.errors import DrtError
 from drt.models import create
 from drt.pcn.layers import PCNConv1d, PCNConv2d, PCNLinear
-from drt.pcn.plan import blocked, train_flops
+from drt.pcn.plan import PROJECTION_COST, blocked, plan_cost, train_flops
 
 F64 = torch.float64
 
@@ -80,7 +80,7 @@ def test_a_factored_convolution_is_counted_at_the_channels_its_kernel_pays_for()
     assert {n: pcn.plan_of(small)[n] for n in ("conv2", "conv3")} == {"conv2": "merged", "conv3": "factored"}
 
 
-def test_auto_plan_never_picks_the_form_with_more_counted_flops():
+def test_auto_plan_never_picks_the_costlier_form():
     torch.manual_seed(0)
     model = create("vgg11", (3, 16, 16), 10, width=32).double().eval()
     mlp = create("mlp", (64,), 10, hidden=[64, 64]).double().eval()
@@ -96,7 +96,12 @@ def test_auto_plan_never_picks_the_form_with_more_counted_flops():
         for name, mode in plans.items():
             layer, in_shape = small.get_submodule(name), tuple(stats.input_shapes[name])
             other = "merged" if mode == "factored" else "factored"
-            assert train_flops([layer], [mode], in_shape, batch) <= train_flops([layer], [other], in_shape, batch)
+            assert plan_cost([layer], [mode], in_shape, batch) <= plan_cost([layer], [other], in_shape, batch)
+            factored = [layer], ["factored"], in_shape, batch
+            extra = plan_cost(*factored) - train_flops(*factored)
+            spatial = in_shape[1:] if len(in_shape) > 1 else ()
+            conv = not isinstance(layer, pcn.PCNLinear)
+            assert extra == (PROJECTION_COST * batch * layer.k * int(torch.tensor(spatial).prod()) if conv else 0)
         x = _x(4, *shape)
         ref = pcn.compress(net, stats, keep=keep, plan="factored")
         assert torch.allclose(small(x), ref(x), atol=1e-10)

@@ -6,17 +6,19 @@ counts forward + backward FLOPs of every alternative on meta tensors of the laye
 and training batch, per group of layers sharing a basis (whose factored members share one projection),
 and keeps the cheapest; a tie goes to merged (one kernel instead of two).
 
-Counted FLOPs alone favour factored convolutions too often: CPU convolution kernels (oneDNN's blocked
-layouts) work on channels in blocks of 8 floats (AVX2; 16 on AVX-512), so a convolution on k = 11
-channels costs what one on 16 does. The count therefore rounds a factored convolution's k up to
-``CHANNEL_BLOCK`` (at most d). Measured (``benchmarks/pcn_speed.py``): with the rounding ResNet-20's
-16-channel layers keeping 10-12 components run merged (factored they were 1.2-1.6x slower per layer
-at 0.67-0.8 of the FLOPs), while VGG-11's wide layers stay factored.
+Counted FLOPs alone favour factored layers too often on a CPU, for two reasons the count corrects:
+convolution kernels (oneDNN's blocked layouts) work on channels in blocks of 8 floats (AVX2; 16 on
+AVX-512), so a factored convolution's k is counted rounded up to ``CHANNEL_BLOCK`` (at most d); and
+the projection is one more kernel that runs far below peak on narrow maps, so a factored group is
+charged ``PROJECTION_COST`` FLOPs per element of its z. Measured (``benchmarks/pcn_speed.py``):
+ResNet-20's 16-channel layers keeping 10-12 components run merged (factored they were 1.2-1.6x
+slower per layer at 0.67-0.8 of the FLOPs), while VGG-11's wide layers stay factored.
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -28,6 +30,11 @@ from drt.pcn.layers import EXEC_MODES, PCNLayer, PCNLinear, link_projections_, p
 
 PLANS = ("auto", *EXEC_MODES)
 CHANNEL_BLOCK = 8  # channels a CPU convolution kernel handles at once (AVX2 float32)
+# FLOP-equivalents of one element of a factored group's projection z = V^T (x - mu), forward and backward:
+# the extra kernel runs far below peak on narrow maps (measured per layer on this CPU: a 16-channel
+# ResNet-20 layer keeping 11 components was 1.35x slower factored at 0.74x the FLOPs, i.e. ~750 FLOPs per
+# element of z; on VGG-11's 128-512-channel layers the same charge is 1-5% of the layer)
+PROJECTION_COST = 500
 
 
 def blocked(k: int, d: int, block: int = CHANNEL_BLOCK) -> int:
@@ -81,12 +88,21 @@ def train_flops(layers: Sequence[PCNLayer], modes: Sequence[str], in_shape: tupl
     return int(counter.get_total_flops())
 
 
+def plan_cost(layers: Sequence[PCNLayer], modes: Sequence[str], in_shape: tuple[int, ...], batch: int) -> int:
+    """What ``auto`` minimises: ``train_flops`` plus, for a convolution group with a factored member,
+    ``PROJECTION_COST`` per element of the shared projection z (Linear projections are plain GEMMs)."""
+    flops = train_flops(layers, modes, in_shape, batch)
+    if "factored" not in modes or isinstance(layers[0], PCNLinear):
+        return flops
+    return flops + PROJECTION_COST * batch * layers[0].k * math.prod(in_shape[1:])
+
+
 def choose_plans_(model: nn.Module, sample_shape: Sequence[int], plan: str = "auto", batch: int = 128,
                   input_shapes: Mapping[str, tuple[int, ...]] | None = None) -> dict[str, str]:
     """Set every PCN layer's execution plan (in place) and link shared projections; returns name -> plan.
 
-    ``plan``: "factored" or "merged" for all layers, or "auto": per basis group the combination with the
-    fewest counted training FLOPs at ``batch`` samples per step (ties: merged). ``input_shapes``: one
+    ``plan``: "factored" or "merged" for all layers, or "auto": per basis group the combination of the
+    lowest ``plan_cost`` at ``batch`` samples per step (ties: merged). ``input_shapes``: one
     sample's input shape per layer as the statistics saw it (channels are taken from the layer, which
     the output transform may have narrowed); layers missing there are measured by one forward pass.
     """
@@ -115,7 +131,7 @@ def choose_plans_(model: nn.Module, sample_shape: Sequence[int], plan: str = "au
         members = [layers[n] for n in names]
         options = sorted(itertools.product(("merged", "factored"), repeat=len(members)),
                          key=lambda c: c.count("factored"))  # stable min: fewer factored wins a tie
-        best = min(options, key=lambda c: train_flops(members, c, shape, batch))
+        best = min(options, key=lambda c: plan_cost(members, c, shape, batch))
         chosen.update(zip(names, best, strict=True))
     for n, mode in chosen.items():
         layers[n].exec_mode = mode
