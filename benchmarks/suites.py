@@ -23,6 +23,9 @@ SPARSE_METHODS: list[dict[str, Any]] = [
 BUDGET = {"freezenet": "freeze_fraction"}  # the setting compared with sparsity (freezenet: the fraction frozen)
 VGG_SUBSET = {**CIFAR, "model": "vgg11", "subset": 10000, "epochs": 8, "lr": 0.05, "nesterov": True,
               "warmup_epochs": 1, "augment": "crop-flip"}
+VIT_SUBSET = {"dataset": "cifar10", "model": "vit", "subset": 10000, "epochs": 8, "batch_size": 128,
+              "optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.05, "schedule": "cosine", "warmup_epochs": 1,
+              "augment": "crop-flip"}
 # 99% explained variance per layer, capped by a global budget of 30% of the trainable parameters (>= 3.3x fewer)
 PCN_VGG = {"method": "pcn", "pcn_epoch": "2", "pcn_keep": "0.99", "pcn_budget": 0.3}
 
@@ -83,6 +86,14 @@ SUITES: dict[str, list[dict[str, Any]]] = {
     "pcn-vgg11-subset": _grid(VGG_SUBSET, [{"method": "dense"},
                                            {"method": "pcn", "pcn_epoch": "2", "pcn_budget": 0.25},
                                            {"method": "dense", "width": 32}], (0, 1)),
+    # issue 14 (planned, not run yet): the ViT on the CIFAR-10 subset (AdamW, one warm-up epoch): dense, PCN at
+    # 99% variance and at half the parameters (its output transform is refused on ViT for now), a narrower dense
+    # ViT, RigL and SET at 90%
+    "vit-cifar-subset": _grid(VIT_SUBSET, [{"method": "dense"}, {"method": "pcn", "pcn_epoch": "2"},
+                                           {"method": "pcn", "pcn_epoch": "2", "pcn_budget": 0.5},
+                                           {"method": "dense", "width": 48},
+                                           {"method": "rigl", "sparsity": 0.9}, {"method": "set", "sparsity": 0.9}],
+                              (0, 1)),
     # the demo's data set, for a quick check of the whole pipeline
     "smoke": _grid({"dataset": "mnist5k", "model": "lenet5", "epochs": 2}, [{"method": "dense"}], (0,)),
 }
