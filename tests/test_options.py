@@ -22,7 +22,10 @@ from drt.experiments.store import Store
 from drt.methods import METHODS, REGULARISERS
 from drt.options import Options, conflicts, default_text, opt, own_default
 
-TOP = {"help", "config", "resume", "force", "nproc", "results_dir", "device", "no_progress", "method", "reg", "recipe", "quiet"}
+TOP = {
+    "help", "config", "resume", "force", "nproc", "results_dir", "device", "no_progress",
+    "method", "reg", "recipe", "quiet",
+}
 
 
 def test_every_registered_setting_has_one_declaration_and_meaning():
