@@ -143,6 +143,8 @@ def test_old_stored_config_loads_upgraded_and_keeps_its_run_id(results):
     (row,) = store.runs()
     assert row["config"]["method_options"] == {"freeze_fraction": 0.98, "score_batches": 1}
     assert config_from_dict(row["config"]).run_id() == row["id"]
+    # settings added since (the transformers' shape) read as unset: the old row and today's config agree
+    assert row["config"]["model"] == cfg.to_dict()["model"] and row["config"]["model"]["depth"] is None
 
 
 def test_old_setting_name_in_flags_or_yaml_is_read_with_a_warning():

@@ -63,3 +63,15 @@ def test_a_small_dense_model_is_timed_to_the_full_models_accuracy():
     tta = annotate([run for run, _ in made], histories.__getitem__)
     assert tta["small"]["tta_target"] == pytest.approx(0.795) and tta["small"]["time_to_target"] == 13
     assert tta["full"]["time_to_target"] == 30 and tta["small"]["tta_vs_dense"] == pytest.approx(13 / 30)
+
+
+def test_the_reference_is_the_dense_recipe_with_the_best_accuracy():
+    made = [_run("good", "dense", [0.6, 0.7, 0.80], [10, 20, 30]),
+            _run("weak", "dense", [0.3, 0.4, 0.50], [10, 20, 30]),  # another recipe of the same model
+            _run("p", "pcn", [0.6, 0.7, 0.79], [9, 18, 27])]
+    made[0][0]["config"]["train"]["warmup_epochs"], made[1][0]["config"]["train"]["warmup_epochs"] = 1, 0
+    histories = {run["id"]: h for run, h in made}
+    tta = annotate([run for run, _ in made], histories.__getitem__)
+    assert tta["p"]["tta_target"] == pytest.approx(0.795)  # not the mean over both recipes (0.645)
+    assert tta["p"]["time_to_target"] is None and tta["weak"]["time_to_target"] is None
+    assert tta["good"]["time_to_target"] == 30

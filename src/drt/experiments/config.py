@@ -80,8 +80,7 @@ class RunConfig:
         from, how often the test set is evaluated) are not part of the identity; renamed settings
         count under their first stored names (``renames``).
         """
-        d = stored_names(self.to_dict())  # a renamed setting keeps its runs' ids
-        d["model"] = {k: v for k, v in d["model"].items() if not (k in ADDED_MODEL_KEYS and v is None)}
+        d = stored_names(self.to_dict())  # a renamed or added setting keeps its runs' ids
         d["data"] = {k: v for k, v in d["data"].items() if k not in NOT_TRAINING}
         d["train"] = {k: v for k, v in d["train"].items() if k not in NOT_TRAINING}
         blob = json.dumps(d, sort_keys=True, separators=(",", ":"))
@@ -93,7 +92,6 @@ class RunConfig:
 
 
 NOT_TRAINING = ("data_dir", "data_root", "eval_every")  # settings outside a run's identity
-ADDED_MODEL_KEYS = ("depth", "heads", "mlp_ratio", "patch")  # added later: left out of the identity when unset
 
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
 TOP = {"method": "method (see `drt list methods`)", "reg": "regularisers to add, e.g. cka-sr",
