@@ -175,3 +175,44 @@ def test_killed_sweep_resumes_without_repeating_finished_runs(tmp_path):
         assert after[i]["created"] == killed[i]["created"] and after[i]["updated"] > killed[i]["updated"]
     (group,) = group_runs(finished_runs(results)[1])
     assert [row[2] for row in table_rows(group)] == ["0,1,2"]  # the report counts each run once
+
+
+READER = ("import sys, pathlib, contextlib, io\n"
+          "from drt.cli import main\n"
+          "results, stop = sys.argv[1], pathlib.Path(sys.argv[2])\n"
+          "codes = []\n"
+          "while not stop.exists():\n"
+          "    for argv in (['list', 'runs', '--results-dir', results], ['report', '--results-dir', results]):\n"
+          "        err = io.StringIO()\n"
+          "        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):\n"
+          "            code = main(argv)\n"
+          "        # before the first run is stored, 'no results store' / 'no finished runs' is the right answer\n"
+          "        if code and 'no results store' not in err.getvalue() and 'no finished' not in err.getvalue():\n"
+          "            print(argv[0], code, err.getvalue().strip()); sys.exit(1)\n"
+          "        codes.append(code)\n"
+          "print('reads', len(codes))\n")
+
+
+def test_two_sweeps_on_one_store_run_every_run_once_while_a_reader_reads(tmp_path):
+    """Issue 15, C10: two `drt sweep` processes started together over one grid and store, a third reading."""
+    runs = 8
+    f, results, stop = tmp_path / "sweep.yaml", tmp_path / "results", tmp_path / "stop"
+    f.write_text("base: {dataset: digits, model: mlp, hidden: [32], epochs: 3, batch_size: 32, lr: 0.05}\n"
+                 f"grid:\n  seed: {list(range(runs))}\n")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
+    argv = [sys.executable, "-c", CHILD, str(f), "--results-dir", str(results), "--no-progress"]
+    reader = subprocess.Popen([sys.executable, "-c", READER, str(results), str(stop)], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    sweeps = [subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+              for _ in range(2)]
+    outs = [p.communicate(timeout=300)[0] for p in sweeps]
+    stop.touch()
+    read = reader.communicate(timeout=120)[0]
+    assert [p.returncode for p in sweeps] == [0, 0], outs
+    assert reader.returncode == 0 and read.startswith("reads "), read
+    assert int(read.split()[1]) > 0, read
+    trained = [line.split()[1] for out in outs for line in out.splitlines() if ": test acc " in line]
+    assert sorted(trained) == sorted(set(trained)) and len(trained) == runs  # each run trained by one process
+    assert "locked" not in "".join(outs)
+    state = _state(results / "drt.sqlite")
+    assert len(state) == runs and all(r["status"] == "done" and r["n_epochs"] == 3 for r in state.values())
