@@ -186,6 +186,32 @@ def test_html_escapes_text():
     assert "a&lt;b" in page and "&lt;i&gt;" in page and "<i>" not in page
 
 
+def test_strings_from_the_store_are_escaped_and_forged_ids_refused(tmp_path):
+    """Issue 15, C12: a store is a file users share; what its rows say is text, never markup or a path."""
+    import json
+    import sqlite3
+
+    from drt.experiments.loading import load_run_model
+
+    root = tmp_path / "results"
+    rid = run(make_config({**TINY, "dataset": "digits"}), root, log=lambda _: None)["run_id"]
+    evil = "<script>alert(1)</script>"
+    with sqlite3.connect(root / "drt.sqlite") as c:
+        (config, env) = c.execute("SELECT config, env FROM runs WHERE id=?", (rid,)).fetchone()
+        config, env = json.loads(config), json.loads(env)
+        config["data"]["dataset"], config["train"]["milestones"] = evil, f"<img src=x onerror=alert(2)>{evil}"
+        env["cpu"] = evil
+        c.execute("UPDATE runs SET config=?, env=? WHERE id=?", (json.dumps(config), json.dumps(env), rid))
+        forged = c.execute("SELECT * FROM runs WHERE id=?", (rid,)).fetchone()
+        c.execute(f"INSERT INTO runs VALUES ({','.join('?' * len(forged))})", ("../../../etc", *forged[1:]))
+    html, _, n = write_report(root, tmp_path / "out", {"dataset": [evil]})
+    page = html.read_text()
+    assert n == 2 and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "<script" not in page and "<img src=x" not in page
+    with pytest.raises(DrtError, match="'../../../etc' is not a run id"):
+        load_run_model(root, "../../../etc")
+
+
 CHROMIUM = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
             "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 

@@ -13,7 +13,7 @@ from drt.data import Dataset, load
 from drt.errors import DrtError
 from drt.experiments.config import DataConfig, ModelConfig, RunConfig, make_config
 from drt.experiments.renames import upgrade
-from drt.experiments.store import STORE_NAME, Store
+from drt.experiments.store import STORE_NAME, Store, run_folder
 from drt.io import load_file
 from drt.methods import METHODS, REGULARISERS
 from drt.models import create
@@ -77,8 +77,8 @@ def load_run_model(results_dir: str | Path, run: str, *, checkpoint: bool = Fals
     ``checkpoint`` the last ``checkpoint.pt``. The architecture is rebuilt by the run's plug-ins from the
     checkpoint (a PCN run's transformed layers); ``data_dir``/``data_root`` override where data is read."""
     row = resolve_run(results_dir, run)
+    run_dir = run_folder(results_dir, row["id"])
     cfg = config_from_dict(row["config"], data_dir=data_dir, data_root=data_root)
-    run_dir = Path(results_dir) / "runs" / row["id"]
     data = load_data(cfg.data)
     model = _fresh(cfg.model, data)
     ckpt = run_dir / "checkpoint.pt"

@@ -21,7 +21,7 @@ from drt.data import load
 from drt.errors import DrtError
 from drt.experiments.config import RunConfig
 from drt.experiments.env import environment, resolve_device
-from drt.experiments.store import STORE_NAME, Store
+from drt.experiments.store import STORE_NAME, Store, run_folder
 from drt.io import save_atomic
 from drt.methods import METHODS, REGULARISERS
 from drt.models import create
@@ -56,7 +56,7 @@ def run(cfg: RunConfig, results_dir: str | Path = "results", *, device: str = "a
     results_dir = Path(results_dir)
     run_id = run_identity(cfg, ranks.world_size)
     dev = local_device(resolve_device(device))
-    run_dir = results_dir / "runs" / run_id
+    run_dir = run_folder(results_dir, run_id)
     ckpt = run_dir / "checkpoint.pt"
 
     def claim() -> dict[str, Any] | None:  # rank 0 only: the store

@@ -11,6 +11,7 @@ import csv
 import io
 import json
 import os
+import re
 import socket
 import sqlite3
 import time
@@ -23,6 +24,14 @@ from drt.errors import DrtError
 from drt.experiments.renames import upgrade
 
 STORE_NAME = "drt.sqlite"  # the store's file name inside a results folder
+
+
+def run_folder(results_dir: str | Path, run_id: str) -> Path:
+    """``<results>/runs/<run_id>``; a run id is 16 hex digits, so a forged store row (``../..``) cannot
+    point a run's folder outside the results directory."""
+    if not re.fullmatch(r"[0-9a-f]{16}", run_id):
+        raise DrtError(f"{run_id!r} is not a run id (16 hex digits); the store at {results_dir} may be damaged")
+    return Path(results_dir) / "runs" / run_id
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     id TEXT PRIMARY KEY, label TEXT, status TEXT NOT NULL, model TEXT, dataset TEXT, method TEXT,
