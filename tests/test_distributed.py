@@ -206,6 +206,64 @@ def test_cli_nproc_relaunches_under_torchrun_and_only_rank0_records(tmp_path):
         "checkpoint.pt", "config.json", "metrics.json", "model.pt"]
 
 
+def _pid_of_rank(marker: str, rank: int) -> int | None:
+    """The pid of the worker of rank ``rank`` whose environment holds ``DRT_TEST_JOB=marker`` (Linux /proc)."""
+    want = {f"DRT_TEST_JOB={marker}".encode(), f"RANK={rank}".encode()}
+    for d in Path("/proc").glob("[0-9]*"):
+        with contextlib.suppress(OSError):
+            if want <= set((d / "environ").read_bytes().split(b"\0")):
+                return int(d.name)
+    return None
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds the worker through /proc (Linux)")
+def test_a_rank_killed_mid_run_stops_the_job_in_one_line_and_resume_matches(tmp_path):
+    """Issue 15, C13: SIGKILL rank 1 of `drt train --nproc 2` mid-epoch; then --resume."""
+    import signal
+    import time
+
+    epochs = 40
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src"), "OMP_NUM_THREADS": "1",
+           "DRT_TEST_JOB": tmp_path.name}
+    cmd = [sys.executable, "-m", "drt", "train", "--nproc", "2", "--dataset", "digits", "--model", "mlp",
+           "--hidden", "16", "--epochs", str(epochs), "--batch-size", "16", "--method", "rigl", "--sparsity", "0.8",
+           "--delta-t", "20", "--no-progress", "--quiet"]
+    ref = subprocess.run([*cmd, "--results-dir", str(tmp_path / "ref")], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert ref.returncode == 0, ref.stderr[-2000:]
+    results = tmp_path / "killed"
+    job = subprocess.Popen([*cmd, "--results-dir", str(results)], env=env, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+    try:
+        deadline, pid = time.time() + 120, None
+        while time.time() < deadline and job.poll() is None and pid is None:
+            runs = Store(results / "drt.sqlite").runs() if (results / "drt.sqlite").exists() else []
+            if runs and 3 <= len(Store(results / "drt.sqlite").epochs(runs[0]["id"])) < epochs // 2:
+                pid = _pid_of_rank(tmp_path.name, 1)
+            time.sleep(0.02)
+        assert pid is not None, "rank 1 was not found mid-run"
+        os.kill(pid, signal.SIGKILL)
+        t0 = time.time()
+        _, err = job.communicate(timeout=60)  # stops, no hang
+    finally:
+        job.kill()
+    assert time.time() - t0 < 30 and job.returncode == 2
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert lines == ["drt: error: rank 1 was killed by SIGKILL; the job stopped. The last checkpoint is kept: "
+                     "the same command with --resume continues the run"], err
+    (row,) = Store(results / "drt.sqlite").runs()
+    assert row["status"] in ("running", "failed")  # rank 0 records the loss unless the launcher stops it first
+    resumed = subprocess.run([*cmd, "--results-dir", str(results), "--resume"], env=env, capture_output=True,
+                             text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    (want,), (got,) = Store(tmp_path / "ref" / "drt.sqlite").runs(), Store(results / "drt.sqlite").runs()
+    assert got["status"] == "done" and got["id"] == want["id"]
+    for key in ("test_acc", "test_loss", "train_loss", "sparsity_achieved"):
+        assert got["metrics"][key] == want["metrics"][key], key
+    a, b = (torch.load(r / "runs" / want["id"] / "model.pt", weights_only=True) for r in (tmp_path / "ref", results))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_scores_hand_the_raw_signed_gradient_to_reduce():
     """``reduce`` sees the gradient before |.| (what ranks must average), and only when it is given."""
     import torch.nn.functional as F

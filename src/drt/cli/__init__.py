@@ -15,6 +15,7 @@ from typing import Any, TextIO
 from drt.cli import analyze, demo, listing, report, sweep, train
 from drt.cli.common import Parser
 from drt.errors import DrtError
+from drt.train.distributed import launched, lost_peer
 
 COMMANDS = {"train": train, "list": listing, "demo": demo, "sweep": sweep, "report": report, "analyze": analyze}
 
@@ -59,3 +60,10 @@ def _run(argv: list[str] | None) -> int:
     except KeyboardInterrupt:
         print("drt: interrupted", file=sys.stderr)
         return 130
+    except RuntimeError as e:  # under torchrun: another process of the job died (the launcher names it)
+        why = lost_peer(e) if launched() else None
+        if why is None:
+            raise
+        print(f"drt: error (rank {os.environ.get('RANK', '0')}): lost another process of this job ({why})",
+              file=sys.stderr)
+        return 2

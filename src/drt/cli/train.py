@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from drt.cli.common import Parser, add_run_flags, epoch_lines, progress
 from drt.cli.settings import add_settings, owners
@@ -78,7 +79,41 @@ def relaunch(nproc: int, argv: list[str]) -> int:
     env = {**os.environ, "OMP_NUM_THREADS": threads}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
            "-m", "drt", *rest]
-    return subprocess.run(cmd, env=env).returncode
+    proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True, bufsize=1)
+    assert proc.stderr is not None
+    with proc.stderr:
+        said, cause = forward_worker_lines(proc.stderr, sys.stderr)
+    code = proc.wait()
+    if code and not said:  # a process died without a word (killed, out of memory): name it
+        print(f"drt: error: {cause or 'a process of the job failed'}; the job stopped. The last checkpoint "
+              "is kept: the same command with --resume continues the run", file=sys.stderr)
+    return 2 if code else 0
+
+
+AGENT_LOG = re.compile(r"^[WEI]\d{4} [\d:.]+ \d+ \S*torch/distributed/")  # the launcher's own log lines
+
+
+def forward_worker_lines(lines: Iterable[str], out: TextIO) -> tuple[bool, str | None]:
+    """Copy the workers' stderr from torchrun's to ``out``, without torchrun's own logs and failure report
+    and without the workers' "lost another process" lines (the report names the process that stopped);
+    (whether a worker said ``drt: error``, the report's root cause, e.g. "rank 1 was killed by SIGKILL")."""
+    said, report, root, rank, cause = False, False, False, None, None
+    for line in lines:
+        text = re.sub(r"^\[(?:rank|default)?\d+\]:\s?", "", line)  # torchrun's rank prefix
+        if report or AGENT_LOG.match(line) or line.startswith("Traceback (most recent call last)"):
+            report = report or line.startswith("Traceback")  # from here on: torchrun's failure report
+            root = root or line.startswith("Root Cause")
+            if root and (m := re.match(r"\s+rank\s+: (\d+)", line)):
+                rank = m.group(1)
+            if root and rank and cause is None and (m := re.match(r"\s+exitcode\s+: (-?\d+)(?:.*\((SIG\w+)\))?", line)):
+                cause = f"rank {rank} " + (f"was killed by {m.group(2)}" if m.group(2) else f"exited with {m.group(1)}")
+            continue
+        if text.startswith("drt: error") and "lost another process of this job" in text:
+            continue
+        said = said or text.startswith("drt: error")
+        out.write(text)
+        out.flush()
+    return said, cause
 
 
 def command(args: argparse.Namespace) -> int:

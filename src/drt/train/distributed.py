@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -23,11 +24,22 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from drt.dist import Ranks, current
+from drt.errors import first_line
 
 
 def launched() -> bool:
     """Whether torchrun (or another launcher using its variables) started this process."""
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def lost_peer(e: BaseException) -> str | None:
+    """What a collective failing because another process of the job is gone says, in a few words; None
+    for any other error."""
+    text = str(e)
+    if not (isinstance(e, dist.DistError) or any(k in text for k in ("gloo", "NCCL", "by peer"))):
+        return None
+    said = re.search(r"Connection (?:reset|closed) by peer|Broken pipe|[Tt]imed? ?out", text)
+    return said.group(0) if said else first_line(e, 80)
 
 
 def local_device(device: torch.device) -> torch.device:
