@@ -32,6 +32,8 @@ def run_folder(results_dir: str | Path, run_id: str) -> Path:
     if not re.fullmatch(r"[0-9a-f]{16}", run_id):
         raise DrtError(f"{run_id!r} is not a run id (16 hex digits); the store at {results_dir} may be damaged")
     return Path(results_dir) / "runs" / run_id
+
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     id TEXT PRIMARY KEY, label TEXT, status TEXT NOT NULL, model TEXT, dataset TEXT, method TEXT,
