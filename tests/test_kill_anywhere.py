@@ -81,14 +81,13 @@ def _assert_same(a: Any, b: Any, where: str) -> None:
 
 def _outcome(results: Path) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
     """(final checkpoint, final model, store row) of the one run in ``results``."""
-    (row,) = Store(results / "drt.sqlite").runs()
+    store = Store(results / "drt.sqlite")
+    (row,) = store.runs()
     run_dir = results / "runs" / row["id"]
-    ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=True)
-    ckpt.pop("setup_time")
+    ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=True)  # its setup_time is a timing: dropped
     model = torch.load(run_dir / "model.pt", weights_only=True)
-    epochs = Store(results / "drt.sqlite").epochs(row["id"])
-    stored = {"status": row["status"], "metrics": _untimed(row["metrics"]), "epochs": _untimed(epochs),
-              "error": row["error"]}
+    stored = {"status": row["status"], "metrics": _untimed(row["metrics"]),
+              "epochs": _untimed(store.epochs(row["id"])), "error": row["error"]}
     return _untimed(ckpt), model, stored
 
 

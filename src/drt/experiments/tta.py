@@ -66,7 +66,7 @@ def _reference(refs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     by_recipe: dict[str, list[dict[str, Any]]] = {}
     for r in largest:
         recipe = {k: v for k, v in r["config"]["train"].items() if k not in ("seed", *NOT_TRAINING)}
-        by_recipe.setdefault(json.dumps(recipe, sort_keys=True, default=str), []).append(r)
+        by_recipe.setdefault(json.dumps(recipe, sort_keys=True), []).append(r)
     return max(by_recipe.values(), key=lambda rs: _mean(rs, "test_acc"))
 
 
